@@ -1,0 +1,1 @@
+"""mvclip's built-in blocks. Importing this package registers them."""

@@ -1,0 +1,1 @@
+"""mvclip's data pipeline: shards from videos, decoding, frame sampling, LightningDataModules."""

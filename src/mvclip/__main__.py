@@ -1,0 +1,4 @@
+"""`python -m mvclip <command>`."""
+from mvclip.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,38 @@
+"""Command-line entry point: one subcommand per module, imported only when used.
+
+Training subcommands (`fit`, `validate`, `test`, `predict`) go to LightningCLI; the others are
+small argparse programs. Each command module exposes `main(argv) -> int`.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> (module with `main(argv)`, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "blocks": ("mvclip.commands.blocks", "list every registered block"),
+    "summary": ("mvclip.commands.summary", "stages, output shapes, parameters and FLOPs of a model"),
+    "shards": ("mvclip.datamodules.shards_cli", "build WebDataset shards from videos or the synthetic set"),
+}
+
+
+def _usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = ["usage: python -m mvclip <command> [options]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines.append("\n`python -m mvclip <command> --help` describes each command.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help"}:
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"mvclip: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    result = module.main(rest)
+    return int(result or 0)
