@@ -34,5 +34,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mvclip: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
-    result = module.main(rest)
+    try:
+        result = module.main(rest)
+    except BrokenPipeError:  # `python -m mvclip blocks | head` is fine
+        sys.stderr.close()
+        return 0
     return int(result or 0)

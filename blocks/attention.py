@@ -1,0 +1,108 @@
+"""MCi attention block (stage 3) and its spatiotemporal form with joint space-time attention."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from mvclip.blocks.conv_ffn import ConvFFN
+from mvclip.blocks.reparam import bn_affine, detach_parameters
+from mvclip.registry import register_block
+
+ATTENTION_MODES = ("frame", "joint")
+
+
+class MHSA(nn.Module):
+    """Multi-head self-attention over a feature map's tokens: per frame, or jointly over a clip's T*H*W tokens."""
+
+    def __init__(self, dim: int, head_dim: int = 32, qkv_bias: bool = False) -> None:
+        super().__init__()
+        if dim % head_dim and dim > head_dim:
+            raise ValueError(f"dim={dim} must be a multiple of head_dim={head_dim}")
+        self.num_heads = max(1, dim // head_dim)
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, frames: int = 1, joint: bool = False) -> torch.Tensor:
+        _, _, h, w = x.shape
+        pattern = "(b t) c h w -> b (t h w) c" if joint else "n c h w -> n (h w) c"
+        tokens = rearrange(x, pattern, t=frames) if joint else rearrange(x, pattern)
+        batch, length, channels = tokens.shape
+        qkv = self.qkv(tokens).reshape(batch, length, 3, self.num_heads, channels // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v)
+        out = self.proj(out.transpose(1, 2).reshape(batch, length, channels))
+        if joint:
+            return rearrange(out, "b (t h w) c -> (b t) c h w", t=frames, h=h, w=w)
+        return rearrange(out, "n (h w) c -> n c h w", h=h, w=w)
+
+    def fold_input_affine(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
+        """qkv(scale*x + shift) = (W*scale) x + (W shift + b): absorbs a BatchNorm before the attention."""
+        weight = self.qkv.weight.detach()
+        bias = weight @ shift + (self.qkv.bias.detach() if self.qkv.bias is not None else 0.0)
+        fused = nn.Linear(weight.shape[1], weight.shape[0], bias=True).to(weight)
+        fused.weight.data.copy_(weight * scale.reshape(1, -1))
+        fused.bias.data.copy_(bias)
+        self.qkv = fused
+
+    def fold_output_scale(self, scale: torch.Tensor) -> None:
+        scale = scale.reshape(-1)
+        self.proj.weight.data.mul_(scale.reshape(-1, 1))
+        self.proj.bias.data.mul_(scale)
+
+
+@register_block("attention")
+class AttentionBlock(nn.Module):
+    """MCi attention block: x + g1*MHSA(BN(x)), x + g2*ConvFFN(x); per-frame attention (the image model)."""
+
+    stage_pos_embed = "rep_cpe"  # MCi puts one conditional positional encoding before an attention stage
+    default_mode = "frame"
+
+    def __init__(
+        self,
+        dim: int,
+        mlp_ratio: float = 3.0,
+        head_dim: int = 32,
+        attention_mode: str | None = None,
+        layer_scale_init: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        mode = attention_mode or self.default_mode
+        if mode not in ATTENTION_MODES:
+            raise ValueError(f"attention_mode must be one of {ATTENTION_MODES}, got {mode!r}")
+        self.dim, self.attention_mode = dim, mode
+        self.norm: nn.Module | None = nn.BatchNorm2d(dim)
+        self.token_mixer = MHSA(dim, head_dim)
+        self.convffn = ConvFFN(dim, mlp_ratio)
+        self.layer_scale_1: nn.Parameter | None = nn.Parameter(torch.full((dim, 1, 1), layer_scale_init))
+        self.layer_scale_2: nn.Parameter | None = nn.Parameter(torch.full((dim, 1, 1), layer_scale_init))
+
+    def forward(self, x: torch.Tensor, frames: int = 1) -> torch.Tensor:
+        joint = self.attention_mode == "joint"
+        y = self.token_mixer(self.norm(x) if self.norm is not None else x, frames, joint)
+        x = x + (y if self.layer_scale_1 is None else self.layer_scale_1 * y)
+        y = self.convffn(x)
+        return x + (y if self.layer_scale_2 is None else self.layer_scale_2 * y)
+
+    def reparameterize(self) -> None:
+        """Fold the pre-norm BN into qkv and both layer scales into the output projections."""
+        if self.norm is not None:
+            self.token_mixer.fold_input_affine(*bn_affine(self.norm))
+            self.norm = None
+        if self.layer_scale_1 is not None:
+            self.token_mixer.fold_output_scale(self.layer_scale_1.detach())
+            self.layer_scale_1 = None
+        self.convffn.reparameterize()
+        if self.layer_scale_2 is not None:
+            self.convffn.fold_output_scale(self.layer_scale_2.detach())
+            self.layer_scale_2 = None
+        detach_parameters(self)
+
+
+@register_block("tpe_attention")
+class TPEAttentionBlock(AttentionBlock):
+    """MobileViCLIP spatiotemporal attention: joint attention over a clip's T*H*W tokens, TPE+CPE before the stage."""
+
+    stage_pos_embed = "tpe_cpe"
+    default_mode = "joint"

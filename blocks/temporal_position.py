@@ -1,0 +1,38 @@
+"""TPE + CPE: a learnable per-frame offset added before MCi's conditional positional encoding."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mvclip.blocks.rep_cpe import RepCPE
+from mvclip.registry import register_block
+
+
+@register_block("tpe_cpe")
+class TemporalPositionalCPE(RepCPE):
+    """`Y = CPE(X + TPE)` with TPE of shape (T, C), zero-initialized and linearly interpolated to other clip lengths.
+
+    A subclass of RepCPE so image checkpoints load into it unchanged (only `tpe` is new).
+    """
+
+    def __init__(self, dim: int, num_frames: int = 8, kernel_size: int = 7) -> None:
+        super().__init__(dim, kernel_size)
+        self.num_frames = num_frames
+        self.tpe = nn.Parameter(torch.zeros(num_frames, dim))
+
+    def temporal_embedding(self, frames: int) -> torch.Tensor:
+        """(frames, C): the learned table, resampled linearly when the clip length differs."""
+        if frames == self.num_frames:
+            return self.tpe
+        table = self.tpe.t().unsqueeze(0)  # (1, C, T)
+        return F.interpolate(table, size=frames, mode="linear", align_corners=False)[0].t()
+
+    def forward(self, x: torch.Tensor, frames: int = 1) -> torch.Tensor:
+        n, c, h, w = x.shape
+        offset = self.temporal_embedding(frames).to(x.dtype)
+        x = (x.reshape(n // frames, frames, c, h, w) + offset[None, :, :, None, None]).reshape(n, c, h, w)
+        return super().forward(x, frames)
+
+    # reparameterize() is RepCPE's: only the CPE folds. X + TPE cannot move into a zero-padded
+    # conv's bias exactly at the borders, so the fused form is `CPE_fused(X + TPE)`.

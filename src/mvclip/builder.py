@@ -1,0 +1,223 @@
+"""YAML -> VideoTextModel. Every block spec is checked (names and arguments) before anything is built.
+
+A model config (see `recipes/models/`) has `video`, optionally `text`, `embed_dim`, `logit_scale`
+and `imports` (plugin modules or `.py` files loaded first). Errors name the config path, e.g.
+`model.video.stages[2]`.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch import nn
+
+from mvclip.errors import ConfigError
+from mvclip.model import Stage, TextEncoder, VideoEncoder, VideoTextModel
+from mvclip.registry import REGISTRY, BlockEntry
+
+MODEL_KEYS = {"imports", "embed_dim", "logit_scale", "video", "text", "name", "description"}
+VIDEO_KEYS = {"in_channels", "num_frames", "stem", "stages", "head"}
+VIDEO_STAGE_KEYS = {"block", "depth", "dim", "downsample", "pos_embed"}
+TEXT_KEYS = {"vocab_size", "context_length", "width", "stages"}
+TEXT_STAGE_KEYS = {"block", "depth"}
+
+
+@dataclass
+class _Planned:
+    """A resolved block: built only after the whole config has been checked."""
+
+    path: str
+    entry: BlockEntry
+    kwargs: dict[str, Any]
+
+    def build(self) -> nn.Module:
+        return REGISTRY.instantiate(self.entry, self.kwargs, path=self.path)
+
+
+@dataclass
+class _StagePlan:
+    blocks: list[_Planned]
+    downsample: _Planned | None = None
+    pos_embed: _Planned | None = None
+
+
+@dataclass
+class _ModelPlan:
+    stem: _Planned
+    stages: list[_StagePlan]
+    head: _Planned
+    num_frames: int
+    text_blocks: list[_Planned] | None
+    text_args: dict[str, Any] = field(default_factory=dict)
+    logit_scale: float = math.log(1 / 0.07)
+
+
+def load_config(config: str | Path | Mapping | DictConfig) -> tuple[DictConfig, Path | None]:
+    """A path, dict or OmegaConf node -> (DictConfig, directory relative imports resolve against)."""
+    if isinstance(config, (str, Path)):
+        path = Path(config)
+        if not path.is_file():
+            raise ConfigError(f"model config file not found: {path}")
+        try:
+            cfg = OmegaConf.load(path)
+        except Exception as error:
+            raise ConfigError(f"{path}: not valid YAML: {error}") from error
+        if not isinstance(cfg, DictConfig):
+            raise ConfigError(f"{path}: expected a mapping at the top level, got a list")
+        return cfg, path.parent
+    if isinstance(config, DictConfig):
+        return config, None
+    if isinstance(config, Mapping):
+        return OmegaConf.create(dict(config)), None
+    raise ConfigError(f"model config must be a path, a mapping or an OmegaConf node, got {type(config).__name__}")
+
+
+def build_model(config: str | Path | Mapping | DictConfig, *, path: str = "model") -> VideoTextModel:
+    """Build a VideoTextModel from a YAML file, dict or OmegaConf node (see `recipes/models/`)."""
+    cfg, base_dir = load_config(config)
+    plan = plan_model(cfg, path=path, base_dir=base_dir)
+    return _build(plan)
+
+
+def plan_model(cfg: DictConfig, *, path: str = "model", base_dir: Path | None = None) -> _ModelPlan:
+    """Load plugins, then resolve every block spec against the registry without building anything."""
+    _check_keys(cfg, MODEL_KEYS, path)
+    imports = cfg.get("imports") or []
+    if not isinstance(imports, (list, ListConfig)):
+        raise ConfigError(f"{path}.imports: expected a list of module names or .py paths, got {imports!r}")
+    for i, target in enumerate(imports):
+        REGISTRY.import_plugin(str(target), path=f"{path}.imports[{i}]", base_dir=base_dir)
+    embed_dim = _positive_int(cfg.get("embed_dim", 512), f"{path}.embed_dim")
+    if "video" not in cfg:
+        raise ConfigError(f"{path}: missing the `video` section (stem, stages, head)")
+    video = _plan_video(cfg.video, f"{path}.video", embed_dim)
+    text_blocks, text_args = None, {}
+    if cfg.get("text") is not None:
+        text_blocks, text_args = _plan_text(cfg.text, f"{path}.text", embed_dim)
+    logit_scale = float(cfg.get("logit_scale", math.log(1 / 0.07)))
+    return _ModelPlan(*video, text_blocks=text_blocks, text_args=text_args, logit_scale=logit_scale)
+
+
+def _plan_video(cfg: Any, path: str, embed_dim: int) -> tuple[_Planned, list[_StagePlan], _Planned, int]:
+    _check_keys(cfg, VIDEO_KEYS, path)
+    for key in ("stem", "stages", "head"):
+        if cfg.get(key) is None:
+            raise ConfigError(f"{path}: missing `{key}`")
+    stages = cfg.stages
+    if not isinstance(stages, (list, ListConfig)) or not stages:
+        raise ConfigError(f"{path}.stages: expected a non-empty list of stages")
+    num_frames = _positive_int(cfg.get("num_frames", 8), f"{path}.num_frames")
+    in_channels = _positive_int(cfg.get("in_channels", 3), f"{path}.in_channels")
+    first_dim = _positive_int(_get(stages[0], "dim", f"{path}.stages[0]"), f"{path}.stages[0].dim")
+    stem = _resolve(cfg.stem, f"{path}.stem", dim=in_channels, out_dim=first_dim, num_frames=num_frames)
+    channels = stem.kwargs.get("out_dim", first_dim)
+    planned: list[_StagePlan] = []
+    for i, stage in enumerate(stages):
+        spath = f"{path}.stages[{i}]"
+        if not isinstance(stage, (Mapping, DictConfig)):
+            raise ConfigError(f"{spath}: expected a mapping such as {{block: st_repmixer, depth: 2, dim: 64}}, got {stage!r}")
+        dim = _positive_int(_get(stage, "dim", spath), f"{spath}.dim")
+        depth = _non_negative_int(stage.get("depth", 1), f"{spath}.depth")
+        block_args = {k: v for k, v in stage.items() if k not in VIDEO_STAGE_KEYS}
+        block_spec = {"block": _get(stage, "block", spath), **block_args}
+        downsample = None
+        if stage.get("downsample") is not None:
+            downsample = _resolve(stage.downsample, f"{spath}.downsample", dim=channels, out_dim=dim, num_frames=num_frames)
+        elif channels != dim:
+            raise ConfigError(
+                f"{spath}: the previous part outputs {channels} channels but this stage has dim={dim}; "
+                f"add `downsample: {{block: patch_embed}}` (or another block that maps {channels} -> {dim})"
+            )
+        blocks = [_resolve(block_spec, spath, dim=dim, num_frames=num_frames) for _ in range(depth)]
+        entry = REGISTRY.get(block_spec["block"], path=spath)
+        pos_spec = stage.get("pos_embed", None) if "pos_embed" in stage else _default_pos_embed(entry)
+        pos_embed = None
+        if pos_spec is not None:
+            pos_embed = _resolve(pos_spec, f"{spath}.pos_embed", dim=dim, num_frames=num_frames)
+        planned.append(_StagePlan(blocks, downsample, pos_embed))
+        channels = dim
+    head = _resolve(cfg.head, f"{path}.head", dim=channels, out_dim=embed_dim, num_frames=num_frames)
+    return stem, planned, head, num_frames
+
+
+def _plan_text(cfg: Any, path: str, embed_dim: int) -> tuple[list[_Planned], dict[str, Any]]:
+    _check_keys(cfg, TEXT_KEYS, path)
+    width = _positive_int(cfg.get("width", 512), f"{path}.width")
+    args = {
+        "vocab_size": _positive_int(cfg.get("vocab_size", 49408), f"{path}.vocab_size"),
+        "context_length": _positive_int(cfg.get("context_length", 77), f"{path}.context_length"),
+        "width": width,
+        "embed_dim": embed_dim,
+    }
+    stages = cfg.get("stages") or []
+    if not isinstance(stages, (list, ListConfig)):
+        raise ConfigError(f"{path}.stages: expected a list of {{block: ..., depth: N}} mappings")
+    blocks: list[_Planned] = []
+    for i, stage in enumerate(stages):
+        spath = f"{path}.stages[{i}]"
+        if not isinstance(stage, (Mapping, DictConfig)):
+            raise ConfigError(f"{spath}: expected a mapping such as {{block: text_transformer, depth: 4}}, got {stage!r}")
+        depth = _non_negative_int(stage.get("depth", 1), f"{spath}.depth")
+        spec = {k: v for k, v in stage.items() if k != "depth"}
+        planned = [_resolve(spec, spath, dim=width) for _ in range(depth)]
+        if planned and planned[0].entry.kind != "text":
+            raise ConfigError(f"{spath}: block {planned[0].entry.name!r} is a {planned[0].entry.kind} block; text stages need text blocks")
+        blocks += planned
+    return blocks, args
+
+
+def _default_pos_embed(entry: BlockEntry) -> dict[str, Any] | None:
+    """Attention blocks bring their stage's positional encoding (MCi: RepCPE; MobileViCLIP: TPE + CPE)."""
+    name = getattr(entry.cls, "stage_pos_embed", None)
+    return {"block": name} if name else None
+
+
+def _resolve(spec: Any, path: str, **context: Any) -> _Planned:
+    entry, kwargs = REGISTRY.resolve(spec, path=path, context=context)
+    return _Planned(path, entry, kwargs)
+
+
+def _build(plan: _ModelPlan) -> VideoTextModel:
+    stages = [
+        Stage(
+            [b.build() for b in sp.blocks],
+            sp.downsample.build() if sp.downsample else None,
+            sp.pos_embed.build() if sp.pos_embed else None,
+        )
+        for sp in plan.stages
+    ]
+    video = VideoEncoder(plan.stem.build(), stages, plan.head.build(), plan.num_frames)
+    text = None
+    if plan.text_blocks is not None:
+        text = TextEncoder([b.build() for b in plan.text_blocks], **plan.text_args)
+    return VideoTextModel(video, text, plan.logit_scale)
+
+
+def _check_keys(cfg: Any, allowed: set[str], path: str) -> None:
+    if not isinstance(cfg, (Mapping, DictConfig)):
+        raise ConfigError(f"{path}: expected a mapping, got {cfg!r}")
+    unknown = sorted(set(cfg.keys()) - allowed)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(map(repr, unknown))}; expected some of {', '.join(sorted(allowed))}")
+
+
+def _get(cfg: Any, key: str, path: str) -> Any:
+    if key not in cfg or cfg[key] is None:
+        raise ConfigError(f"{path}: missing `{key}`")
+    return cfg[key]
+
+
+def _positive_int(value: Any, path: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{path}: expected a positive integer, got {value!r}")
+    return value
+
+
+def _non_negative_int(value: Any, path: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{path}: expected a non-negative integer, got {value!r}")
+    return value

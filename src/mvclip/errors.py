@@ -1,0 +1,12 @@
+"""Exceptions that carry a config path, so users see *where* in their YAML something is wrong."""
+
+
+class ConfigError(ValueError):
+    """A configuration is malformed: the message names the config path and what was expected."""
+
+
+class RegistryError(KeyError):
+    """A block name is unknown, taken twice, or a plugin failed: the message says which and why."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message; show it as written
+        return str(self.args[0]) if self.args else ""

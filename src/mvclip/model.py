@@ -1,0 +1,115 @@
+"""The video-text model: a video encoder and a text encoder of registered blocks, plus the logit scale.
+
+The structure is generic (stem -> stages -> head; embeddings -> stages -> projection); which
+blocks fill it comes from YAML through `mvclip.builder.build_model`.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Stage(nn.Module):
+    """One resolution of the video encoder: optional downsampling, optional positional encoding, blocks."""
+
+    def __init__(self, blocks: list[nn.Module], downsample: nn.Module | None = None, pos_embed: nn.Module | None = None) -> None:
+        super().__init__()
+        self.downsample = downsample
+        self.pos_embed = pos_embed
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
+        if self.downsample is not None:
+            x = self.downsample(x, frames)
+        if self.pos_embed is not None:
+            x = self.pos_embed(x, frames)
+        for block in self.blocks:
+            x = block(x, frames)
+        return x
+
+
+class VideoEncoder(nn.Module):
+    """Clips (B, T, 3, H, W) -> (B, D): per-frame stem/stages/head on (B*T, C, H, W), then the temporal mean."""
+
+    def __init__(self, stem: nn.Module, stages: list[Stage], head: nn.Module, num_frames: int = 8) -> None:
+        super().__init__()
+        self.stem = stem
+        self.stages = nn.ModuleList(stages)
+        self.head = head
+        self.num_frames = num_frames
+
+    def steps(self) -> list[tuple[str, nn.Module]]:
+        """The sequential parts in order, for summaries and per-stage measurements."""
+        return [("stem", self.stem)] + [(f"stages[{i}]", s) for i, s in enumerate(self.stages)] + [("head", self.head)]
+
+    def forward_frames(self, frames_nchw: torch.Tensor, frames: int) -> torch.Tensor:
+        """(B*T, 3, H, W) -> per-frame embeddings (B*T, D)."""
+        x = frames_nchw
+        for _, step in self.steps():
+            x = step(x, frames)
+        return x
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        if video.dim() == 4:  # an image is a clip of one frame
+            video = video.unsqueeze(1)
+        if video.dim() != 5:
+            raise ValueError(f"expected video of shape (B, T, C, H, W), got {tuple(video.shape)}")
+        batch, frames = video.shape[:2]
+        per_frame = self.forward_frames(video.flatten(0, 1), frames)
+        return per_frame.reshape(batch, frames, -1).mean(dim=1)
+
+
+class TextEncoder(nn.Module):
+    """Token ids (B, L) -> (B, D): token + position embeddings, blocks, LayerNorm, read at the end token, projection."""
+
+    def __init__(self, blocks: list[nn.Module], vocab_size: int = 49408, context_length: int = 77, width: int = 512, embed_dim: int = 512) -> None:
+        super().__init__()
+        self.context_length = context_length
+        self.token_embedding = nn.Embedding(vocab_size, width)
+        self.positional_embedding = nn.Parameter(torch.empty(context_length, width))
+        self.blocks = nn.ModuleList(blocks)
+        self.final_norm = nn.LayerNorm(width)
+        self.projection = nn.Parameter(torch.empty(width, embed_dim))
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.positional_embedding, std=0.01)
+        nn.init.normal_(self.projection, std=width**-0.5)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if tokens.dim() != 2 or tokens.shape[1] > self.context_length:
+            raise ValueError(f"expected token ids of shape (B, L<={self.context_length}), got {tuple(tokens.shape)}")
+        x = self.token_embedding(tokens) + self.positional_embedding[: tokens.shape[1]]
+        for block in self.blocks:
+            x = block(x)
+        x = self.final_norm(x)
+        # CLIP reads the sequence at its end token, the largest id in every row.
+        x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
+        return x @ self.projection
+
+
+class VideoTextModel(nn.Module):
+    """Video and text encoders in one embedding space, with CLIP's learnable logit scale (log of 1/temperature)."""
+
+    def __init__(self, video: VideoEncoder, text: TextEncoder | None, logit_scale: float = math.log(1 / 0.07)) -> None:
+        super().__init__()
+        self.video = video
+        self.text = text
+        self.logit_scale = nn.Parameter(torch.tensor(float(logit_scale)))
+
+    def encode_video(self, video: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """(B, T, 3, H, W) floats (or (B, 3, H, W) images) -> (B, D)."""
+        out = self.video(video)
+        return F.normalize(out, dim=-1) if normalize else out
+
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """(B, L) token ids -> (B, D)."""
+        if self.text is None:
+            raise RuntimeError("this model has no text encoder (its config has no `text` section)")
+        out = self.text(tokens)
+        return F.normalize(out, dim=-1) if normalize else out
+
+    def forward(self, video: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Unit-norm video and text embeddings and the (exponentiated) logit scale."""
+        return self.encode_video(video, normalize=True), self.encode_text(tokens, normalize=True), self.logit_scale.exp()

@@ -1,0 +1,102 @@
+"""Checks for reparameterizable blocks, public so plugin authors can test their own blocks the same way.
+
+`check_block_fusion` builds a block from the registry, randomizes everything that makes its
+branches matter (BatchNorm statistics and affine parameters, layer scales, temporal encodings),
+and compares the fused block with the unfused one.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mvclip.blocks.reparam import is_batchnorm
+from mvclip.fusion import VerifyReport, compare_outputs, reparameterize_model
+from mvclip.registry import REGISTRY, BlockEntry
+
+# Parameters that start at zero or near it, which would hide a wrong fold if left alone.
+_RANDOMIZED_NAMES = ("layer_scale", "tpe")
+
+
+@torch.no_grad()
+def randomize_for_fusion_(module: nn.Module, seed: int = 0) -> nn.Module:
+    """In place: non-trivial BatchNorm statistics/affine, layer scales and TPE, so every branch contributes."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def uniform(shape: torch.Size, low: float, high: float) -> torch.Tensor:
+        return low + (high - low) * torch.rand(shape, generator=gen)
+
+    for sub in module.modules():
+        if is_batchnorm(sub):
+            sub.running_mean.copy_(torch.randn(sub.running_mean.shape, generator=gen) * 0.5)
+            sub.running_var.copy_(uniform(sub.running_var.shape, 0.5, 2.0))
+            if sub.affine:
+                sub.weight.copy_(uniform(sub.weight.shape, 0.5, 1.5))
+                sub.bias.copy_(torch.randn(sub.bias.shape, generator=gen) * 0.3)
+    for name, param in module.named_parameters():
+        if any(key in name.rsplit(".", 1)[-1] for key in _RANDOMIZED_NAMES):
+            param.copy_(uniform(param.shape, 0.2, 1.0) * torch.sign(torch.randn(param.shape, generator=gen)))
+    return module
+
+
+@dataclass(frozen=True)
+class FusionCheck:
+    """Outcome of one fused-vs-unfused comparison of a block."""
+
+    block: str
+    frames: int
+    report: VerifyReport
+    params_unfused: int
+    params_fused: int
+    batchnorms_left: int
+    idempotent: bool
+
+
+def example_block(entry: BlockEntry, dim: int = 32) -> nn.Module:
+    """Build a block with small example widths (`dim`, and `out_dim` when it is required)."""
+    accepted = {p.name: p for p in entry.parameters()}
+    kwargs = {}
+    if "dim" in accepted:
+        kwargs["dim"] = dim
+    if "out_dim" in accepted and accepted["out_dim"].default is accepted["out_dim"].empty:
+        kwargs["out_dim"] = 2 * dim  # a multiple of dim, so grouped (depthwise-style) blocks accept it
+    return REGISTRY.instantiate(entry, kwargs, path=f"example {entry.name}")
+
+
+def example_input(entry: BlockEntry, dim: int, frames: int, batch: int = 2, size: int = 16, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    if entry.kind == "text":
+        return torch.randn(batch, 12, dim, generator=gen)
+    return torch.randn(batch * frames, dim, size, size, generator=gen)
+
+
+def _call(entry: BlockEntry, block: nn.Module, x: torch.Tensor, frames: int) -> torch.Tensor:
+    return block(x) if entry.kind == "text" else block(x, frames)
+
+
+@torch.no_grad()
+def check_block_fusion(name: str, frames: int = 4, dim: int = 32, seed: int = 0) -> FusionCheck:
+    """Build `name`, randomize it, fuse a copy, and compare on random input with `frames` frames per clip."""
+    entry = REGISTRY.get(name)
+    torch.manual_seed(seed)
+    block = randomize_for_fusion_(example_block(entry, dim), seed).eval()
+    x = example_input(entry, getattr(block, "dim", dim), frames, seed=seed)
+    reference = _call(entry, block, x, frames)
+    fused = reparameterize_model(copy.deepcopy(block))
+    out = _call(entry, fused, x, frames)
+    state = {k: v.clone() for k, v in fused.state_dict().items()}
+    reparameterize_model(fused)  # a second call must change nothing
+    again = fused.state_dict()
+    idempotent = state.keys() == again.keys() and all(torch.equal(state[k], again[k]) for k in state)
+    idempotent = idempotent and torch.equal(out, _call(entry, fused, x, frames))
+    return FusionCheck(
+        block=name,
+        frames=frames,
+        report=compare_outputs(reference, out),
+        params_unfused=sum(p.numel() for p in block.parameters()),
+        params_fused=sum(p.numel() for p in fused.parameters()),
+        batchnorms_left=sum(1 for m in fused.modules() if is_batchnorm(m)),
+        idempotent=idempotent,
+    )

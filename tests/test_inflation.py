@@ -1,0 +1,80 @@
+"""Temporal blocks start as their image counterparts: a video model inflated from image weights is the image model per frame."""
+import pytest
+import torch
+
+import mvclip
+from mvclip.model import Stage
+from mvclip.testing import randomize_for_fusion_
+
+
+def _same_spatial_weights(image_block, video_block):
+    missing, unexpected = video_block.load_state_dict(image_block.state_dict(), strict=False)
+    assert not unexpected
+    return missing
+
+
+def test_st_repmixer_at_init_is_the_repmixer_per_frame():
+    image = randomize_for_fusion_(mvclip.build_block({"block": "repmixer", "dim": 24}), seed=1).eval()
+    video = mvclip.build_block({"block": "st_repmixer", "dim": 24}).eval()
+    missing = _same_spatial_weights(image, video)
+    assert missing and all(k.startswith("temporal_mixer.") for k in missing)
+    clip = torch.randn(3 * 5, 24, 10, 10)  # 3 clips of 5 frames
+    with torch.no_grad():
+        assert torch.equal(video(clip, 5), image(clip, 5))
+        # ...and training mode too: the zero-initialized BN makes the branch exactly zero
+        video.train(), image.train()
+        assert torch.equal(video(clip, 5), image(clip, 5))
+
+
+def _stage(block, dim, mode=None):
+    spec = {"block": block, "dim": dim}
+    if mode:
+        spec["attention_mode"] = mode
+    pos = {"tpe_attention": "tpe_cpe", "attention": "rep_cpe"}[block]
+    return Stage([mvclip.build_block(spec)], pos_embed=mvclip.build_block({"block": pos, "dim": dim, **({"num_frames": 4} if pos == "tpe_cpe" else {})}))
+
+
+def test_tpe_attention_per_frame_mode_is_the_image_block_exactly():
+    image = randomize_for_fusion_(_stage("attention", 64), seed=2).eval()
+    video = _stage("tpe_attention", 64, mode="frame").eval()
+    missing = _same_spatial_weights(image, video)
+    assert missing == ["pos_embed.tpe"]
+    clip = torch.randn(2 * 4, 64, 6, 6)
+    with torch.no_grad():
+        assert torch.equal(video(clip, 4), image(clip, 4))
+
+
+def test_tpe_attention_joint_mode_on_repeated_frames_is_the_image_block():
+    image = randomize_for_fusion_(_stage("attention", 64), seed=3).eval()
+    video = _stage("tpe_attention", 64).eval()
+    assert video.blocks[0].attention_mode == "joint"
+    _same_spatial_weights(image, video)
+    frame = torch.randn(2, 1, 64, 6, 6)
+    clip = frame.expand(2, 4, 64, 6, 6).reshape(8, 64, 6, 6)  # every frame the same image
+    with torch.no_grad():
+        out_video, out_image = video(clip, 4), image(clip, 4)
+        torch.testing.assert_close(out_video, out_image, rtol=1e-5, atol=1e-5)
+        # On a clip of different frames joint attention is not per-frame attention.
+        varied = torch.randn(8, 64, 6, 6)
+        assert (video(varied, 4) - image(varied, 4)).abs().max() > 1e-3
+
+
+def test_tpe_is_interpolated_linearly():
+    tpe = mvclip.build_block({"block": "tpe_cpe", "dim": 3, "num_frames": 8})
+    with torch.no_grad():
+        tpe.tpe.copy_(torch.arange(8.0)[:, None].expand(8, 3))
+    assert torch.equal(tpe.temporal_embedding(8), tpe.tpe)
+    halved = tpe.temporal_embedding(4)  # align_corners=False: the mean of each pair
+    torch.testing.assert_close(halved[:, 0], torch.tensor([0.5, 2.5, 4.5, 6.5]))
+    doubled = tpe.temporal_embedding(16)[:, 0]
+    assert doubled[0] == 0 and doubled[-1] == 7 and torch.all(doubled[1:] >= doubled[:-1])
+
+
+@pytest.mark.parametrize("frames", [4, 16])
+def test_model_built_for_8_frames_runs_other_clip_lengths(frames):
+    model = mvclip.build_model("recipes/models/tiny_cpu.yaml").eval()
+    assert model.video.num_frames == 8
+    randomize_for_fusion_(model, seed=4)
+    with torch.no_grad():
+        out = model.encode_video(torch.rand(2, frames, 3, 64, 64))
+    assert out.shape == (2, 256) and torch.isfinite(out).all()
