@@ -1,0 +1,56 @@
+"""Batching decoded samples.
+
+Training batches pair each video with one caption, so ``text`` is (B, 77). Evaluation keeps every
+caption of every video (retrieval metrics need them all), so ``text`` is (N, 77) with
+``text_video_index`` (N,) saying which video of the batch each caption belongs to.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+
+def _optional(samples: Sequence[dict[str, Any]], name: str) -> list[Any] | None:
+    """Values of ``name`` when every sample has it; None otherwise (a half-labelled batch drops it)."""
+    values = [s.get(name) for s in samples]
+    return None if any(v is None for v in values) else values
+
+
+def collate_train(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """``video`` float (B,T,3,H,W), ``text`` long (B,77), ``key`` list[str], ``label``/``teacher`` if all have them."""
+    if not samples:
+        raise ValueError("cannot collate an empty batch")
+    batch: dict[str, Any] = {
+        "video": torch.stack([s["video"] for s in samples]),
+        "text": torch.stack([s["text"] for s in samples]).long(),
+        "key": [s["key"] for s in samples],
+    }
+    _add_optional(batch, samples)
+    return batch
+
+
+def collate_eval(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """``video`` (B,T,3,H,W), ``text`` (N,77) all captions, ``text_video_index`` long (N,), ``key``."""
+    if not samples:
+        raise ValueError("cannot collate an empty batch")
+    texts = [s["text"] if s["text"].ndim == 2 else s["text"][None] for s in samples]
+    index = torch.cat([torch.full((t.shape[0],), i, dtype=torch.long) for i, t in enumerate(texts)])
+    batch: dict[str, Any] = {
+        "video": torch.stack([s["video"] for s in samples]),
+        "text": torch.cat(texts).long(),
+        "text_video_index": index,
+        "key": [s["key"] for s in samples],
+    }
+    _add_optional(batch, samples)
+    return batch
+
+
+def _add_optional(batch: dict[str, Any], samples: Sequence[dict[str, Any]]) -> None:
+    labels = _optional(samples, "label")
+    if labels is not None:
+        batch["label"] = torch.tensor(labels, dtype=torch.long)
+    teachers = _optional(samples, "teacher")
+    if teachers is not None and len({tuple(t.shape) for t in teachers}) == 1:
+        batch["teacher"] = torch.stack(teachers)
