@@ -80,3 +80,4 @@ def test_summary_rows_add_up(tiny_model_config):
     assert video_rows[-1].output_shape == (4, 32)
     assert video_rows[1].output_shape == (4, 16, 16, 16)
     assert all(r.flops_fused <= r.flops for r in rows) and sum(r.flops for r in video_rows) > 0
+

@@ -59,9 +59,7 @@ class _ModelPlan:
 def load_config(config: str | Path | Mapping | DictConfig) -> tuple[DictConfig, Path | None]:
     """A path, dict or OmegaConf node -> (DictConfig, directory relative imports resolve against)."""
     if isinstance(config, (str, Path)):
-        path = Path(config)
-        if not path.is_file():
-            raise ConfigError(f"model config file not found: {path}")
+        path = _find_config(Path(config))
         try:
             cfg = OmegaConf.load(path)
         except Exception as error:
@@ -74,6 +72,18 @@ def load_config(config: str | Path | Mapping | DictConfig) -> tuple[DictConfig, 
     if isinstance(config, Mapping):
         return OmegaConf.create(dict(config)), None
     raise ConfigError(f"model config must be a path, a mapping or an OmegaConf node, got {type(config).__name__}")
+
+
+def _find_config(path: Path) -> Path:
+    """A relative path is looked up from the working directory, then from the project root (recipes/ lives there)."""
+    if path.is_file() or path.is_absolute():
+        if not path.is_file():
+            raise ConfigError(f"model config file not found: {path}")
+        return path
+    project_root = Path(__file__).resolve().parents[2]
+    if (project_root / path).is_file():
+        return project_root / path
+    raise ConfigError(f"model config file not found: {path} (looked in {Path.cwd()} and {project_root})")
 
 
 def build_model(config: str | Path | Mapping | DictConfig, *, path: str = "model") -> VideoTextModel:

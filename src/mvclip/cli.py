@@ -10,6 +10,10 @@ import sys
 
 # name -> (module with `main(argv)`, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "fit": ("mvclip.commands.train", "train a model from a recipe (LightningCLI)"),
+    "validate": ("mvclip.commands.train", "evaluate on the validation split"),
+    "test": ("mvclip.commands.train", "evaluate on the test split"),
+    "predict": ("mvclip.commands.train", "write video and text embeddings with their keys"),
     "blocks": ("mvclip.commands.blocks", "list every registered block"),
     "summary": ("mvclip.commands.summary", "stages, output shapes, parameters and FLOPs of a model"),
     "shards": ("mvclip.datamodules.shards_cli", "build WebDataset shards from videos or the synthetic set"),
@@ -34,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mvclip: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
+    if module.__name__ == "mvclip.commands.train":
+        rest = [name, *rest]  # LightningCLI reads the subcommand itself
     try:
         result = module.main(rest)
     except BrokenPipeError:  # `python -m mvclip blocks | head` is fine

@@ -1,0 +1,94 @@
+"""Loading weights safely (safetensors, or torch.load with weights_only=True) and writing files atomically."""
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mvclip.errors import ConfigError
+
+MODULE_PREFIX = "model."  # VideoTextModule keeps the VideoTextModel as `self.model`
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+    """Call `write(tmp)` on a temporary file next to `path`, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Tensors from a safetensors file, a plain state dict, or a Lightning checkpoint (its `state_dict`, `model.` stripped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ConfigError(f"{path}: cannot be loaded safely (weights_only=True): {error}") from error
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+        if any(k.startswith(MODULE_PREFIX) for k in obj):
+            obj = {k[len(MODULE_PREFIX):]: v for k, v in obj.items() if k.startswith(MODULE_PREFIX)}
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ConfigError(f"{path}: expected a state dict of tensors (or a Lightning checkpoint with one)")
+    return obj
+
+
+@dataclass
+class LoadReport:
+    """What a weight file did to a model: loaded keys, keys the model has but the file lacks, and extras."""
+
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        def head(keys: list[str]) -> str:
+            return ", ".join(keys[:5]) + (f", ... ({len(keys)} in all)" if len(keys) > 5 else "")
+
+        parts = [f"loaded {len(self.loaded)} tensors"]
+        for label, keys in (("missing (kept as initialized)", self.missing), ("unexpected (ignored)", self.unexpected), ("shape mismatch", self.mismatched)):
+            if keys:
+                parts.append(f"{label}: {head(keys)}")
+        return "; ".join(parts)
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike[str], *, strict: bool = True) -> LoadReport:
+    """Load an mvclip checkpoint into `model`; strict unless told otherwise, with a report either way."""
+    state = read_state_dict(path)
+    own = model.state_dict()
+    report = LoadReport()
+    usable, mismatched = {}, set()
+    for key, value in state.items():
+        if key not in own:
+            report.unexpected.append(key)
+        elif own[key].shape != value.shape:
+            report.mismatched.append(f"{key} {tuple(value.shape)} vs {tuple(own[key].shape)}")
+            mismatched.add(key)
+        else:
+            usable[key] = value
+            report.loaded.append(key)
+    report.missing = [k for k in own if k not in usable and k not in mismatched]
+    if strict and (report.missing or report.unexpected or report.mismatched):
+        raise ConfigError(f"{path}: does not match the model (strict loading): {report}. Pass strict=False (init_strict: false) to load what fits.")
+    model.load_state_dict(usable, strict=False)
+    return report

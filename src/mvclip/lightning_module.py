@@ -1,0 +1,263 @@
+"""VideoTextModule: the LightningModule that trains and evaluates a VideoTextModel with the VTC loss."""
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import OmegaConf
+
+from mvclip.builder import build_model, load_config
+from mvclip.checkpoints import LoadReport, load_weights
+from mvclip.errors import ConfigError
+from mvclip.freezing import FreezePlan, apply_freezing, plan_freezing
+from mvclip.loss import VideoTextContrastiveLoss, clamp_logit_scale_
+from mvclip.metrics import RetrievalMetric, print_table
+from mvclip.schedule import warmup_cosine
+from mvclip.zeroshot import DEFAULT_TEMPLATES, ZeroShotAccuracy, build_classifier
+
+_NO_DECAY_NAMES = ("layer_scale", "logit_scale", "tpe", "positional_embedding")
+
+
+class VideoTextModule(L.LightningModule):
+    """Video-text contrastive training of a model composed in YAML, with retrieval and zero-shot evaluation.
+
+    Args:
+        model: a model YAML path (see `recipes/models/`) or its mapping.
+        overrides: dotted-key edits of the model config (`{video.stages.3.block: attention}`), for sweeps.
+        freeze: parameter patterns not to train (`[text]` is MobileViCLIP's default).
+        trainable: if given, the only parameter patterns to train (e.g. `[temporal]`).
+        lr, weight_decay, betas, eps: AdamW; no decay on norms, biases, layer scales, TPE and the logit scale.
+        warmup_steps, min_lr_ratio: linear warmup then cosine decay over the run's optimizer steps.
+        logit_scale: initial log scale (default: the model config's, ln(1/0.07)); `learn_logit_scale: false` holds it fixed.
+        max_logit_scale: the learned scale is clamped to at most this (as a scale, 100 by default) after every step.
+        init_from: an mvclip checkpoint to start from (fine-tuning); `init_strict`; `pretrained_lr_mult` scales the
+            learning rate of parameters that came from it relative to new ones.
+        zero_shot: optional `{class_names: [...], templates: [...]}` evaluated on labelled val/test batches.
+        gather_with_grad: gather features across ranks with gradients (open_clip's local loss scheme).
+    """
+
+    def __init__(
+        self,
+        model: str | dict[str, Any] = "recipes/models/tiny_cpu.yaml",
+        overrides: dict[str, Any] | None = None,
+        freeze: list[str] | None = None,
+        trainable: list[str] | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.98),
+        eps: float = 1e-6,
+        warmup_steps: int = 100,
+        min_lr_ratio: float = 0.0,
+        logit_scale: float | None = None,
+        learn_logit_scale: bool = True,
+        max_logit_scale: float = 100.0,
+        init_from: str | None = None,
+        init_strict: bool = True,
+        pretrained_lr_mult: float = 1.0,
+        zero_shot: dict[str, Any] | None = None,
+        gather_with_grad: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        cfg, base_dir = load_config(model if isinstance(model, str) else dict(model))
+        cfg = copy.deepcopy(cfg)
+        for key, value in (overrides or {}).items():
+            if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+                raise ConfigError(f"model.overrides: {key!r} names nothing in the model config")
+            OmegaConf.update(cfg, key, value, merge=False)
+        self.model_config = OmegaConf.to_container(cfg, resolve=True)
+        self.model = build_model(cfg if base_dir is None else _with_base(cfg, base_dir))
+        if logit_scale is not None:
+            self.model.logit_scale.data.fill_(float(logit_scale))
+        self.model.logit_scale.requires_grad_(learn_logit_scale)
+        self.max_log_scale = math.log(max_logit_scale)
+        self.init_report: LoadReport | None = None
+        self.pretrained_names: set[str] = set()
+        if init_from:
+            self.init_report = load_weights(self.model, init_from, strict=init_strict)
+            self.pretrained_names = set(self.init_report.loaded)
+            if not init_strict:
+                print(f"init_from {init_from}: {self.init_report}")
+        self.freeze_plan: FreezePlan = plan_freezing(self.model, freeze or [], trainable)
+        if not learn_logit_scale:
+            self.freeze_plan = FreezePlan(self.freeze_plan.frozen_parameters | {"logit_scale"}, self.freeze_plan.frozen_modules)
+        apply_freezing(self.model, self.freeze_plan)
+        self.loss = VideoTextContrastiveLoss(gather_with_grad=gather_with_grad)
+        self.val_retrieval = RetrievalMetric()
+        self.test_retrieval = RetrievalMetric()
+        self.zero_shot_cfg = zero_shot
+        self.val_zero_shot = ZeroShotAccuracy() if zero_shot else None
+        self.test_zero_shot = ZeroShotAccuracy() if zero_shot else None
+        self._text_cache: dict[bytes, torch.Tensor] = {}
+        self.last_results: dict[str, dict[str, float]] = {}
+
+    # -- modes ------------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> VideoTextModule:
+        """Frozen parts stay in eval mode whatever Lightning asks, so their BatchNorm statistics stay."""
+        super().train(mode)
+        apply_freezing(self.model, self.freeze_plan)
+        return self
+
+    @property
+    def text_frozen(self) -> bool:
+        return self.model.text is not None and not any(p.requires_grad for p in self.model.text.parameters())
+
+    # -- training ---------------------------------------------------------------------------
+    def forward(self, video: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.model(video, text)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        video_emb = self.model.encode_video(batch["video"], normalize=True)
+        if self.text_frozen:
+            with torch.no_grad():
+                text_emb = self.model.encode_text(batch["text"], normalize=True)
+        else:
+            text_emb = self.model.encode_text(batch["text"], normalize=True)
+        loss = self.loss(video_emb, text_emb, self.model.logit_scale.exp())
+        if not torch.isfinite(loss):
+            lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else float("nan")
+            raise FloatingPointError(
+                f"non-finite training loss ({loss.item()}) at global step {self.global_step} (batch {batch_idx}); "
+                f"last learning rate {lr:.3g}. Lower the learning rate, raise warmup_steps, or check the data."
+            )
+        batch_size = batch["video"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        self.log("train/logit_scale", self.model.logit_scale.exp(), batch_size=batch_size)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        clamp_logit_scale_(self.model.logit_scale, self.max_log_scale)
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """AdamW groups: (decay | no decay) x (from `init_from` | new), frozen parameters left out."""
+        groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+        for name, param in self.model.named_parameters():
+            if not param.requires_grad:
+                continue
+            no_decay = param.ndim < 2 or any(key in name for key in _NO_DECAY_NAMES)
+            groups.setdefault((no_decay, name in self.pretrained_names), []).append(param)
+        hp = self.hparams
+        if not groups:
+            raise ConfigError("model: every parameter is frozen; nothing to train (check model.freeze / model.trainable)")
+        return [
+            {
+                "params": params,
+                "weight_decay": 0.0 if no_decay else hp.weight_decay,
+                "lr": hp.lr * (hp.pretrained_lr_mult if pretrained else 1.0),
+                "name": f"{'pretrained' if pretrained else 'new'}/{'no_decay' if no_decay else 'decay'}",
+            }
+            for (no_decay, pretrained), params in sorted(groups.items())
+        ]
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(self.parameter_groups(), lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, hp.warmup_steps, total, hp.min_lr_ratio)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Frozen weights that came from `init_from` are not saved again: the file is the source of truth."""
+        skip = {f"model.{n}" for n in self.freeze_plan.frozen_parameters if n in self.pretrained_names}
+        for key in skip:
+            checkpoint["state_dict"].pop(key, None)
+        checkpoint["mvclip_omitted_frozen"] = sorted(skip)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        own = self.state_dict()
+        for key in checkpoint.get("mvclip_omitted_frozen", []):
+            checkpoint["state_dict"].setdefault(key, own[key])
+
+    # -- evaluation -------------------------------------------------------------------------
+    def _encode_eval_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Text embeddings; with a frozen text branch each distinct caption is encoded once per run."""
+        if not self.text_frozen:
+            return self.model.encode_text(tokens, normalize=True)
+        rows = [row.cpu().numpy().tobytes() for row in tokens]
+        missing = [i for i, r in enumerate(rows) if r not in self._text_cache]
+        if missing:
+            fresh = self.model.encode_text(tokens[missing], normalize=True)
+            for i, emb in zip(missing, fresh):
+                self._text_cache[rows[i]] = emb.detach()
+        return torch.stack([self._text_cache[r] for r in rows]).to(tokens.device)
+
+    def _eval_step(self, batch: dict[str, Any], retrieval: RetrievalMetric, zero_shot: ZeroShotAccuracy | None) -> None:
+        video_emb = self.model.encode_video(batch["video"], normalize=True)
+        text_emb = self._encode_eval_text(batch["text"])
+        keys = list(batch["key"])
+        text_keys = [keys[i] for i in batch["text_video_index"].tolist()]
+        retrieval.update(video_emb, keys, text_emb, text_keys)
+        if zero_shot is not None and "label" in batch:
+            zero_shot.update(video_emb, batch["label"], keys)
+
+    def _zero_shot_classifier(self) -> torch.Tensor:
+        from mvclip.tokenizer import tokenize
+
+        cfg = self.zero_shot_cfg or {}
+        names = list(cfg.get("class_names") or [])
+        if not names:
+            raise ConfigError("model.zero_shot.class_names: a non-empty list of class names is required")
+        templates = list(cfg.get("templates") or DEFAULT_TEMPLATES)
+        encode = lambda tokens: self.model.encode_text(tokens.to(self.device))  # noqa: E731
+        return build_classifier(encode, tokenize, names, templates)
+
+    def _start_eval(self, zero_shot: ZeroShotAccuracy | None) -> None:
+        if zero_shot is not None:
+            zero_shot.set_classifier(self._zero_shot_classifier())
+
+    def on_validation_epoch_start(self) -> None:
+        self._start_eval(self.val_zero_shot)
+
+    def on_test_epoch_start(self) -> None:
+        self._start_eval(self.test_zero_shot)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, self.val_retrieval, self.val_zero_shot)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, self.test_retrieval, self.test_zero_shot)
+
+    def _finish_eval(self, stage: str, retrieval: RetrievalMetric, zero_shot: ZeroShotAccuracy | None) -> None:
+        results = dict(retrieval.compute())
+        retrieval.reset()
+        if zero_shot is not None and zero_shot.update_called:
+            results.update({f"zeroshot/{k}": v for k, v in zero_shot.compute().items()})
+            zero_shot.reset()
+        self.log_dict({f"{stage}/{k}": float(v) for k, v in results.items()}, sync_dist=False, rank_zero_only=True)
+        self.last_results[stage] = {k: float(v) for k, v in results.items()}
+        if self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            print("\n" + print_table(results, title=f"{stage} (epoch {self.current_epoch}, step {self.global_step})"))
+
+    def on_validation_epoch_end(self) -> None:
+        self._finish_eval("val", self.val_retrieval, self.val_zero_shot)
+
+    def on_test_epoch_end(self) -> None:
+        self._finish_eval("test", self.test_retrieval, self.test_zero_shot)
+
+    # -- prediction -------------------------------------------------------------------------
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """Embeddings with their keys, for search outside mvclip (see `mvclip.callbacks.EmbeddingWriter`)."""
+        keys = list(batch["key"])
+        out = {"key": keys, "video": self.model.encode_video(batch["video"], normalize=True).cpu()}
+        if "text" in batch:
+            index = batch.get("text_video_index", torch.arange(len(keys)))
+            out["text"] = self.model.encode_text(batch["text"], normalize=True).cpu()
+            out["text_key"] = [keys[i] for i in index.tolist()]
+        return out
+
+
+def _with_base(cfg: Any, base_dir: Path) -> Any:
+    """Relative `.py` imports in a model YAML resolve against the YAML's own folder."""
+    imports = cfg.get("imports") or []
+    resolved = [str(base_dir / t) if str(t).endswith(".py") and not Path(str(t)).is_absolute() and not Path(str(t)).exists() else t for t in imports]
+    if resolved != list(imports):
+        cfg = copy.deepcopy(cfg)
+        cfg.imports = resolved
+    return cfg
