@@ -469,13 +469,17 @@ class ShardDataset(IterableDataset):
             streak = 0
             pending.append(sample)
             if len(pending) == self.batch_size:
-                batch = self.collate(pending)
-                batch["bad_samples"] = counter.take()
-                yield batch
+                yield self._batch(pending, counter)
                 pending = []
                 done += 1
                 if done >= quota:
                     return
+
+    def _batch(self, samples: list[dict[str, Any]], counter: BadSampleCounter) -> dict[str, Any]:
+        """Collate, and hand over the bad-sample counts gathered since the previous batch."""
+        batch = self.collate(samples)
+        batch["bad_samples"] = counter.take()
+        return batch
 
     def _iter_eval(self, worker: int, rng: random.Random, counter: BadSampleCounter) -> Iterator[dict[str, Any]]:
         slots, by_shard = self._eval_slots()
@@ -500,14 +504,10 @@ class ShardDataset(IterableDataset):
                 continue
             pending.append(sample)
             if len(pending) == self.batch_size:
-                batch = self.collate(pending)
-                batch["bad_samples"] = counter.take()
-                yield batch
+                yield self._batch(pending, counter)
                 pending = []
         if pending:
-            batch = self.collate(pending)
-            batch["bad_samples"] = counter.take()
-            yield batch
+            yield self._batch(pending, counter)
 
     def _decode(self, raw: dict[str, Any], rng: random.Random, counter: BadSampleCounter) -> dict[str, Any] | None:
         try:

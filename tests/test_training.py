@@ -143,7 +143,7 @@ def test_predict_command_writes_embeddings_by_default(synthetic_root, tmp_path):
     assert data["video"].shape == (32, 256) and data["text_key"].shape[0] == data["text"].shape[0] >= 32
 
 
-RECIPE_SMOKE = ["--trainer.max_steps=2", "--trainer.limit_val_batches=0", "--trainer.precision=32-true",
+RECIPE_SMOKE = ["--trainer.max_steps=2", "--trainer.limit_val_batches=0",
                 "--data.batch_size=2", "--data.eval_batch_size=2", "--data.num_workers=0", "--trainer.logger=false",
                 "--trainer.callbacks=[]", "--trainer.enable_checkpointing=false", "--trainer.max_epochs=null"]
 

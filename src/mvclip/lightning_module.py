@@ -165,7 +165,9 @@ class VideoTextModule(L.LightningModule):
     # -- checkpoints ------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Frozen weights that came from `init_from` are not saved again: the file is the source of truth."""
-        skip = {f"model.{n}" for n in self.freeze_plan.frozen_parameters if n in self.pretrained_names}
+        frozen_modules = tuple(f"{m}." for m in self.freeze_plan.frozen_modules)
+        frozen = lambda key: key in self.freeze_plan.frozen_parameters or key.startswith(frozen_modules)  # noqa: E731
+        skip = {f"model.{key}" for key in self.pretrained_names if frozen(key)}  # parameters and BatchNorm buffers
         for key in skip:
             checkpoint["state_dict"].pop(key, None)
         checkpoint["mvclip_omitted_frozen"] = sorted(skip)
