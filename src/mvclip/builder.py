@@ -86,10 +86,13 @@ def _find_config(path: Path) -> Path:
     raise ConfigError(f"model config file not found: {path} (looked in {Path.cwd()} and {project_root})")
 
 
-def build_model(config: str | Path | Mapping | DictConfig, *, path: str = "model") -> VideoTextModel:
-    """Build a VideoTextModel from a YAML file, dict or OmegaConf node (see `recipes/models/`)."""
-    cfg, base_dir = load_config(config)
-    plan = plan_model(cfg, path=path, base_dir=base_dir)
+def build_model(config: str | Path | Mapping | DictConfig, *, path: str = "model", base_dir: Path | None = None) -> VideoTextModel:
+    """Build a VideoTextModel from a YAML file, dict or OmegaConf node (see `recipes/models/`).
+
+    Relative `.py` imports resolve against the YAML's folder, or `base_dir` for an in-memory config.
+    """
+    cfg, file_dir = load_config(config)
+    plan = plan_model(cfg, path=path, base_dir=file_dir or base_dir)
     return _build(plan)
 
 

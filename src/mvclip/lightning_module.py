@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import copy
 import math
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -70,7 +69,7 @@ class VideoTextModule(L.LightningModule):
                 raise ConfigError(f"model.overrides: {key!r} names nothing in the model config")
             OmegaConf.update(cfg, key, value, merge=False)
         self.model_config = OmegaConf.to_container(cfg, resolve=True)
-        self.model = build_model(cfg if base_dir is None else _with_base(cfg, base_dir))
+        self.model = build_model(cfg, base_dir=base_dir)
         if logit_scale is not None:
             self.model.logit_scale.data.fill_(float(logit_scale))
         self.model.logit_scale.requires_grad_(learn_logit_scale)
@@ -254,12 +253,3 @@ class VideoTextModule(L.LightningModule):
             out["text_key"] = [keys[i] for i in index.tolist()]
         return out
 
-
-def _with_base(cfg: Any, base_dir: Path) -> Any:
-    """Relative `.py` imports in a model YAML resolve against the YAML's own folder."""
-    imports = cfg.get("imports") or []
-    resolved = [str(base_dir / t) if str(t).endswith(".py") and not Path(str(t)).is_absolute() and not Path(str(t)).exists() else t for t in imports]
-    if resolved != list(imports):
-        cfg = copy.deepcopy(cfg)
-        cfg.imports = resolved
-    return cfg
