@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from mvclip.checkpoints import atomic_write
+
 BENCHMARKS_MD = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 HEADER = "# Benchmarks\n\nEach section is written by the script it names; numbers are measured, never edited by hand.\n"
 
@@ -35,7 +37,4 @@ def write_section(heading: str, body: str, path: Path = BENCHMARKS_MD) -> None:
     section = f"## {heading}\n\n{body.strip()}\n"
     pattern = re.compile(rf"^## {re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
     text = pattern.sub(lambda _: section + "\n", text, count=1) if pattern.search(text) else text.rstrip() + "\n\n" + section
-    tmp = path.with_suffix(".md.tmp")
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text(text.rstrip() + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text(text.rstrip() + "\n"))

@@ -68,7 +68,6 @@ class VideoTextModule(L.LightningModule):
             if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
                 raise ConfigError(f"model.overrides: {key!r} names nothing in the model config")
             OmegaConf.update(cfg, key, value, merge=False)
-        self.model_config = OmegaConf.to_container(cfg, resolve=True)
         self.model = build_model(cfg, base_dir=base_dir)
         if logit_scale is not None:
             self.model.logit_scale.data.fill_(float(logit_scale))

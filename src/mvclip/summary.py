@@ -39,13 +39,17 @@ def _describe(module: nn.Module) -> str:
 
 
 @torch.no_grad()
-def _measure_steps(steps: list[tuple[str, nn.Module]], x: torch.Tensor, call) -> list[tuple[tuple[int, ...], int]]:
-    results = []
-    for _, step in steps:
+def _stage_rows(encoder: str, steps: list[tuple[str, nn.Module]], fused_steps: list[tuple[str, nn.Module]], x: torch.Tensor, call) -> list[StageRow]:
+    """Feed `x` through the unfused and the fused steps side by side, one row per step."""
+    rows, fx = [], x
+    for (name, step), (_, fstep) in zip(steps, fused_steps):
         with FlopCounterMode(display=False) as counter:
             x = call(step, x)
-        results.append((tuple(x.shape), counter.get_total_flops()))
-    return results
+        with FlopCounterMode(display=False) as fused_counter:
+            fx = call(fstep, fx)
+        rows.append(StageRow(encoder, name, _describe(step), tuple(x.shape), count_params(step), count_params(fstep),
+                             counter.get_total_flops(), fused_counter.get_total_flops()))
+    return rows
 
 
 def _text_steps(model: VideoTextModel) -> list[tuple[str, nn.Module]]:
@@ -58,24 +62,15 @@ def summarize(model: VideoTextModel, frames: int = 8, resolution: int = 256, bat
     """Run one clip (and one caption) through the unfused and fused model, stage by stage."""
     model = model.eval()
     fused = fuse(model)
-    rows: list[StageRow] = []
     video = torch.rand(batch * frames, 3, resolution, resolution)
-    call_video = lambda step, x: step(x, frames)  # noqa: E731
-    unfused_v = _measure_steps(model.video.steps(), video, call_video)
-    fused_v = _measure_steps(fused.video.steps(), video, call_video)
-    for (name, step), (fstep_name, fstep), (shape, flops), (_, fflops) in zip(model.video.steps(), fused.video.steps(), unfused_v, fused_v):
-        rows.append(StageRow("video", name, _describe(step), shape, count_params(step), count_params(fstep), flops, fflops))
+    rows = _stage_rows("video", model.video.steps(), fused.video.steps(), video, lambda step, x: step(x, frames))
     if model.text is not None:
         text = model.text
         tokens = torch.randint(0, text.token_embedding.num_embeddings - 2, (batch, text.context_length))
         x = text.token_embedding(tokens) + text.positional_embedding
         embed_params = text.token_embedding.weight.numel() + text.positional_embedding.numel()
         rows.append(StageRow("text", "embeddings", "token + position", tuple(x.shape), embed_params, embed_params, 0, 0))
-        call_text = lambda step, x: step(x)  # noqa: E731
-        unfused_t = _measure_steps(_text_steps(model), x, call_text)
-        fused_t = _measure_steps(_text_steps(fused), x, call_text)
-        for (name, step), (_, fstep), (shape, flops), (_, fflops) in zip(_text_steps(model), _text_steps(fused), unfused_t, fused_t):
-            rows.append(StageRow("text", name, _describe(step), shape, count_params(step), count_params(fstep), flops, fflops))
+        rows += _stage_rows("text", _text_steps(model), _text_steps(fused), x, lambda step, x: step(x))
         proj_params = text.final_norm.weight.numel() * 2 + text.projection.numel()
         proj_flops = 2 * batch * text.projection.numel()
         rows.append(StageRow("text", "norm + projection", "LayerNorm, EOT pool, linear", (batch, text.projection.shape[1]), proj_params, proj_params, proj_flops, proj_flops))

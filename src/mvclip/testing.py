@@ -15,6 +15,7 @@ from torch import nn
 from mvclip.blocks.reparam import is_batchnorm
 from mvclip.fusion import VerifyReport, compare_outputs, reparameterize_model
 from mvclip.registry import REGISTRY, BlockEntry
+from mvclip.summary import count_params
 
 # Parameters that start at zero or near it, which would hide a wrong fold if left alone.
 _RANDOMIZED_NAMES = ("layer_scale", "tpe")
@@ -95,8 +96,8 @@ def check_block_fusion(name: str, frames: int = 4, dim: int = 32, seed: int = 0)
         block=name,
         frames=frames,
         report=compare_outputs(reference, out),
-        params_unfused=sum(p.numel() for p in block.parameters()),
-        params_fused=sum(p.numel() for p in fused.parameters()),
+        params_unfused=count_params(block),
+        params_fused=count_params(fused),
         batchnorms_left=sum(1 for m in fused.modules() if is_batchnorm(m)),
         idempotent=idempotent,
     )
