@@ -179,6 +179,26 @@ class SampleDecoder:
             from mvclip.tokenizer import tokenize as tok
         return tok(texts)
 
+    def clip(self, data: bytes, name: str, rng: random.Random | None = None, fallback_fps: float | None = None) -> torch.Tensor:
+        """Encoded video bytes -> the model's input clip (T, 3, H, W): sample frames, decode them, transform.
+
+        Raises `DecodeError` (or a codec error) on a broken video; `__call__` turns that into a `BadSample`.
+        """
+        with VideoReader(data, thread_count=self.thread_count, name=name) as reader:
+            info = reader.info
+            idx = sample_indices(
+                info.num_frames,
+                self.frames,
+                self.sampling,
+                train=self.train,
+                video_fps=info.fps or fallback_fps,
+                sampling_fps=self.sampling_fps,
+                stride=self.stride,
+                rng=rng,
+            )
+            frames = reader.frames(idx, short_side=self.short_side or self.transform.resolution)
+        return self.transform(frames, rng)
+
     def __call__(self, raw: dict[str, Any], rng: random.Random) -> dict[str, Any]:
         key, shard = raw["__key__"], raw["__shard__"]
         name = f"{shard}:{key}"
@@ -203,27 +223,15 @@ class SampleDecoder:
         ext = video_member(raw)
         if ext is None:
             raise BadSample("missing_video", name)
+        fallback_fps = float(meta["fps"]) if isinstance(meta.get("fps"), (int, float)) else None
         try:
-            with VideoReader(raw[ext], thread_count=self.thread_count, name=name) as reader:
-                info = reader.info
-                fps = info.fps or (float(meta["fps"]) if isinstance(meta.get("fps"), (int, float)) else None)
-                idx = sample_indices(
-                    info.num_frames,
-                    self.frames,
-                    self.sampling,
-                    train=self.train,
-                    video_fps=fps,
-                    sampling_fps=self.sampling_fps,
-                    stride=self.stride,
-                    rng=rng,
-                )
-                frames = reader.frames(idx, short_side=self.short_side or self.transform.resolution)
+            video = self.clip(raw[ext], name, rng, fallback_fps)
         except DecodeError as exc:
             raise BadSample(exc.reason, str(exc)) from exc
         except (av.FFmpegError, ValueError, RuntimeError, OSError) as exc:  # codec-level surprises
             raise BadSample("undecodable", f"{name}: {type(exc).__name__}: {exc}") from exc
 
-        out: dict[str, Any] = {"key": key, "video": self.transform(frames, rng)}
+        out: dict[str, Any] = {"key": key, "video": video}
         if self.train:
             out["text"] = self._tokenize([rng.choice(captions)])[0]
         else:

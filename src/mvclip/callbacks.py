@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import json
+import resource
+import sys
+import time
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 
 from mvclip.checkpoints import atomic_write
 
@@ -43,3 +46,127 @@ class EmbeddingWriter(BasePredictionWriter):
             path = atomic_write(self.output_dir / f"embeddings{suffix}.safetensors", lambda tmp: save_file({"video": video, "text": text}, str(tmp)))
             atomic_write(self.output_dir / f"keys{suffix}.json", lambda tmp: tmp.write_text(json.dumps({"video_key": keys, "text_key": text_keys})))
         print(f"wrote {len(keys)} video and {len(text_keys)} text embeddings to {path}")
+
+
+def _peak_memory(device: torch.device) -> tuple[float, str]:
+    """Peak memory of this process in MB: CUDA's max allocated on a GPU, else the process's max RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda max allocated"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / (2**20 if sys.platform == "darwin" else 2**10), "cpu max RSS"
+
+
+def preprocess_of(datamodule: Any) -> dict[str, Any]:
+    """The evaluation-time input pipeline of a VideoTextDataModule, for deployers (`preprocess.json`)."""
+    keys = ("frames", "sampling", "sampling_fps", "stride", "resolution", "short_side", "mean", "std")
+    out = {k: getattr(datamodule, k) for k in keys if hasattr(datamodule, k)}
+    for k in ("mean", "std"):
+        if out.get(k) is not None:
+            out[k] = list(out[k])
+    out["resize"] = "bilinear, short side to resolution, centre crop"
+    out["pixels"] = "RGB in [0, 1]" + (", then (x - mean) / std" if out.get("mean") is not None else "")
+    return out
+
+
+class FuseExport(Callback):
+    """Exports the best and last checkpoints as fused, verified, deployable folders at the end of fit.
+
+    Rank 0 only; the training module is never modified (every export works on a copy). Each folder
+    (`<checkpoint>.export/`, see `mvclip.export`) gets fused safetensors, a YAML that rebuilds the fused
+    model, ONNX graphs checked with onnxruntime, and `metrics.json` with parameters, FLOPs, unfused
+    vs fused CPU latency, the checkpoint's validation results, training time and peak memory. The
+    first validation batch (held out from training) is what the fused model is verified on. A
+    mismatch raises `mvclip.export.ExportError` naming the block, and nothing is written.
+    """
+
+    def __init__(self, checkpoints: list[str] | None = None, onnx: bool = True, latency_repeats: int = 10, held_out: int = 4) -> None:
+        super().__init__()
+        self.checkpoints = list(checkpoints or ["best", "last"])
+        unknown = set(self.checkpoints) - {"best", "last"}
+        if unknown:
+            raise ValueError(f"FuseExport.checkpoints: expected 'best' and/or 'last', got {sorted(unknown)}")
+        self.onnx, self.latency_repeats, self.held_out = onnx, latency_repeats, held_out
+        self.inputs: dict[str, torch.Tensor] | None = None
+        self.exports: dict[str, Path] = {}
+        self._start: float | None = None
+        self._saved_step: int | None = None
+        self._validated_step: int | None = None
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        self._start = time.perf_counter()
+        if pl_module.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(pl_module.device)
+
+    def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self.inputs is None and isinstance(batch, dict) and "video" in batch:
+            self.inputs = {"video": batch["video"][: self.held_out].detach().cpu().float()}
+            if "text" in batch:
+                self.inputs["text"] = batch["text"][: self.held_out].detach().cpu()
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        if not trainer.sanity_checking:
+            self._validated_step = trainer.global_step
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        """Lightning writes `last.ckpt` only at steps where a top-k checkpoint was saved too, so a run whose final
+        validation was not its best would leave a stale "last": save the real last state before exporting it."""
+        ckpt = trainer.checkpoint_callback
+        if "last" not in self.checkpoints or ckpt is None or not ckpt.save_last or ckpt.dirpath is None:
+            return
+        if self._saved_step != trainer.global_step:
+            path = Path(ckpt.dirpath) / f"{ckpt.CHECKPOINT_NAME_LAST}{ckpt.FILE_EXTENSION}"
+            trainer.save_checkpoint(path)
+            ckpt.last_model_path = str(path)
+
+    def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        """Each checkpoint carries its validation results and input pipeline, so it can be exported later too."""
+        self._saved_step = trainer.global_step
+        checkpoint["mvclip_validation"] = {f"val/{k}": v for k, v in getattr(pl_module, "last_results", {}).get("val", {}).items()}
+        checkpoint["mvclip_validation_step"] = self._validated_step
+        if trainer.datamodule is not None:
+            checkpoint["mvclip_preprocess"] = preprocess_of(trainer.datamodule)
+
+    def _targets(self, trainer: Any) -> dict[str, str]:
+        ckpt = trainer.checkpoint_callback
+        if ckpt is None:
+            return {}
+        paths = {"best": getattr(ckpt, "best_model_path", ""), "last": getattr(ckpt, "last_model_path", "")}
+        return {kind: paths[kind] for kind in self.checkpoints if paths[kind]}
+
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        if not trainer.is_global_zero or trainer.interrupted:
+            return
+        from mvclip.export import export_checkpoint, random_inputs
+
+        peak, peak_kind = _peak_memory(pl_module.device)
+        train = {
+            "time_s": time.perf_counter() - self._start if self._start is not None else None,
+            "peak_memory_mb": peak,
+            "peak_memory_kind": peak_kind,
+            "steps": int(trainer.global_step),
+        }
+        inputs = self.inputs
+        if inputs is None:  # no validation ran: verify on a seeded random batch of the training input size
+            dm = trainer.datamodule
+            inputs = random_inputs(getattr(dm, "frames", pl_module.model.video.num_frames), getattr(dm, "resolution", 224))
+        for kind, path in self._targets(trainer).items():
+            out, metrics = export_checkpoint(
+                pl_module, path, inputs, kind=kind, extra_metrics={"train": train}, onnx=self.onnx, latency_repeats=self.latency_repeats
+            )
+            self.exports[kind] = out
+            latency = metrics["latency_ms"]
+            print(f"export ({kind}): {out}  fused latency {latency['video_fused']:.1f} ms/clip "
+                  f"(unfused {latency['video_unfused']:.1f} ms, {latency['fused_speedup']:.2f}x), "
+                  f"{metrics['flops']['video_clip'] / 1e9:.2f} GFLOPs/clip")
+            if trainer.logger is not None:
+                trainer.logger.log_metrics(
+                    {
+                        f"export/{kind}/latency_fused_ms": latency["video_fused"],
+                        f"export/{kind}/latency_unfused_ms": latency["video_unfused"],
+                        f"export/{kind}/gflops_per_clip": metrics["flops"]["video_clip"] / 1e9,
+                        f"export/{kind}/params_m": metrics["params"]["total"] / 1e6,
+                        "train/peak_memory_mb": peak,
+                        "train/time_min": (train["time_s"] or 0.0) / 60,
+                    },
+                    step=trainer.global_step,
+                )

@@ -16,6 +16,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("mvclip.commands.train", "write video and text embeddings with their keys"),
     "blocks": ("mvclip.commands.blocks", "list every registered block"),
     "summary": ("mvclip.commands.summary", "stages, output shapes, parameters and FLOPs of a model"),
+    "export": ("mvclip.commands.export", "fuse a checkpoint into a verified deployable folder (safetensors, YAML, ONNX)"),
+    "embed": ("mvclip.commands.embed", "embed videos and texts with an exported (fused) model, no training stack"),
+    "sweep": ("mvclip.commands.sweep", "run an ablation sweep and write its table, CSV and plot"),
     "shards": ("mvclip.datamodules.shards_cli", "build WebDataset shards from videos or the synthetic set"),
 }
 

@@ -69,6 +69,9 @@ class VideoTextModule(L.LightningModule):
                 raise ConfigError(f"model.overrides: {key!r} names nothing in the model config")
             OmegaConf.update(cfg, key, value, merge=False)
         self.model = build_model(cfg, base_dir=base_dir)
+        # what an export needs to rebuild this model (with `inference_mode: true`)
+        self.model_config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)
+        self.model_config_dir = base_dir
         if logit_scale is not None:
             self.model.logit_scale.data.fill_(float(logit_scale))
         self.model.logit_scale.requires_grad_(learn_logit_scale)
