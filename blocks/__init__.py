@@ -2,7 +2,8 @@
 
 Video blocks take `forward(x, frames)` with x of shape `(B*T, C, H, W)`; text blocks take
 `forward(x)` with x of shape `(B, L, C)`. Reparameterizable blocks have `reparameterize()`,
-which turns them into their inference form in place (eval mode, idempotent).
+which turns them into their inference form in place (eval mode, idempotent), and a constructor
+argument `inference_mode=True` that builds that form directly (to load fused weights).
 """
 from mvclip.blocks import (  # noqa: F401  (imported for registration)
     attention,

@@ -66,17 +66,19 @@ class AttentionBlock(nn.Module):
         head_dim: int = 32,
         attention_mode: str | None = None,
         layer_scale_init: float = 1e-5,
+        inference_mode: bool = False,
     ) -> None:
         super().__init__()
         mode = attention_mode or self.default_mode
         if mode not in ATTENTION_MODES:
             raise ValueError(f"attention_mode must be one of {ATTENTION_MODES}, got {mode!r}")
         self.dim, self.attention_mode = dim, mode
-        self.norm: nn.Module | None = nn.BatchNorm2d(dim)
-        self.token_mixer = MHSA(dim, head_dim)
-        self.convffn = ConvFFN(dim, mlp_ratio)
-        self.layer_scale_1: nn.Parameter | None = nn.Parameter(torch.full((dim, 1, 1), layer_scale_init))
-        self.layer_scale_2: nn.Parameter | None = nn.Parameter(torch.full((dim, 1, 1), layer_scale_init))
+        train = not inference_mode  # inference form: BN folded into qkv (which gains a bias), layer scales folded
+        self.norm: nn.Module | None = nn.BatchNorm2d(dim) if train else None
+        self.token_mixer = MHSA(dim, head_dim, qkv_bias=inference_mode)
+        self.convffn = ConvFFN(dim, mlp_ratio, inference_mode=inference_mode)
+        self.layer_scale_1: nn.Parameter | None = nn.Parameter(torch.full((dim, 1, 1), layer_scale_init)) if train else None
+        self.layer_scale_2: nn.Parameter | None = nn.Parameter(torch.full((dim, 1, 1), layer_scale_init)) if train else None
 
     def forward(self, x: torch.Tensor, frames: int = 1) -> torch.Tensor:
         joint = self.attention_mode == "joint"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mvclip.blocks.reparam import ConvNorm, conv_like, detach_parameters, to_tuple
+from mvclip.blocks.reparam import ConvNorm, conv_like, conv_norm, detach_parameters, to_tuple
 from mvclip.registry import register_block
 
 
@@ -12,16 +12,23 @@ from mvclip.registry import register_block
 class ConvFFN(nn.Module):
     """Depthwise kxk conv + BN, then a 1x1 expansion MLP; BN folds into the depthwise conv."""
 
-    def __init__(self, dim: int, mlp_ratio: float = 3.0, kernel_size: int | tuple[int, int] = 7, out_dim: int | None = None) -> None:
+    def __init__(
+        self,
+        dim: int,
+        mlp_ratio: float = 3.0,
+        kernel_size: int | tuple[int, int] = 7,
+        out_dim: int | None = None,
+        inference_mode: bool = False,
+    ) -> None:
         super().__init__()
         out_dim = out_dim or dim
         hidden = int(dim * mlp_ratio)
         self.dim, self.out_dim = dim, out_dim
-        self.conv: nn.Module = ConvNorm(dim, out_dim, to_tuple(kernel_size, 2), groups=dim)
+        self.conv: nn.Module = conv_norm(dim, out_dim, to_tuple(kernel_size, 2), groups=dim, inference_mode=inference_mode)
         self.fc1 = nn.Conv2d(out_dim, hidden, 1)
         self.act = nn.GELU()
         self.fc2 = nn.Conv2d(hidden, out_dim, 1)
-        for conv in (self.conv.conv, self.fc1, self.fc2):
+        for conv in (getattr(self.conv, "conv", self.conv), self.fc1, self.fc2):
             nn.init.trunc_normal_(conv.weight, std=0.02)
         nn.init.zeros_(self.fc1.bias)
         nn.init.zeros_(self.fc2.bias)

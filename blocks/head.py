@@ -12,11 +12,11 @@ from mvclip.registry import register_block
 class MCiHead(nn.Module):
     """Per-frame embedding head: expansion conv, spatial mean, projection to the joint embedding space."""
 
-    def __init__(self, dim: int, out_dim: int = 512, expansion: float = 2.0, use_se: bool = True) -> None:
+    def __init__(self, dim: int, out_dim: int = 512, expansion: float = 2.0, use_se: bool = True, inference_mode: bool = False) -> None:
         super().__init__()
         hidden = int(dim * expansion)
         self.dim, self.out_dim = dim, out_dim
-        self.conv_exp = MobileOneBlock(dim, hidden, 3, groups=dim, use_se=use_se)
+        self.conv_exp = MobileOneBlock(dim, hidden, 3, groups=dim, use_se=use_se, inference_mode=inference_mode)
         self.proj = nn.Parameter(torch.randn(hidden, out_dim) * hidden**-0.5)
 
     def forward(self, x: torch.Tensor, frames: int = 1) -> torch.Tensor:

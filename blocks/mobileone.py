@@ -25,6 +25,7 @@ class MobileOneBlock(nn.Module):
         use_scale_branch: bool = True,
         use_act: bool = True,
         use_se: bool = False,
+        inference_mode: bool = False,
     ) -> None:
         super().__init__()
         out_dim = out_dim or dim
@@ -32,15 +33,20 @@ class MobileOneBlock(nn.Module):
         self.kernel_size = to_tuple(kernel_size, 2)
         self.padding = to_tuple(padding, 2) if padding is not None else tuple(k // 2 for k in self.kernel_size)
         self.stride, self.groups = stride, groups
-        self.rbr_skip = nn.BatchNorm2d(dim) if out_dim == dim and stride == 1 else None
+        train = not inference_mode  # inference_mode: build only what reparameterize() leaves
+        self.rbr_skip = nn.BatchNorm2d(dim) if train and out_dim == dim and stride == 1 else None
         self.rbr_conv = nn.ModuleList(
-            ConvNorm(dim, out_dim, self.kernel_size, stride, self.padding, groups) for _ in range(num_conv_branches)
+            ConvNorm(dim, out_dim, self.kernel_size, stride, self.padding, groups) for _ in range(num_conv_branches if train else 0)
         )
-        has_scale = use_scale_branch and max(self.kernel_size) > 1
+        has_scale = train and use_scale_branch and max(self.kernel_size) > 1
         self.rbr_scale = ConvNorm(dim, out_dim, 1, stride, 0, groups) if has_scale else None
         self.se = SqueezeExcite(out_dim) if use_se else nn.Identity()
         self.activation = nn.GELU() if use_act else nn.Identity()
-        self.reparam_conv: nn.Conv2d | None = None
+        self.reparam_conv: nn.Conv2d | None = None if train else self._fused_conv()
+
+    def _fused_conv(self) -> nn.Conv2d:
+        """The single conv of the inference form (its weights are set by reparameterize or a state dict)."""
+        return nn.Conv2d(self.dim, self.out_dim, self.kernel_size, self.stride, self.padding, groups=self.groups)
 
     def forward(self, x: torch.Tensor, frames: int = 1) -> torch.Tensor:
         if self.reparam_conv is not None:
@@ -76,8 +82,7 @@ class MobileOneBlock(nn.Module):
         if self.reparam_conv is not None:
             return
         kernel, bias = self.fused_kernel_bias()
-        template = nn.Conv2d(self.dim, self.out_dim, self.kernel_size, self.stride, self.padding, groups=self.groups)
-        self.reparam_conv = conv_like(template, kernel, bias)
+        self.reparam_conv = conv_like(self._fused_conv(), kernel, bias)
         self.rbr_conv = nn.ModuleList()
         self.rbr_skip = None
         self.rbr_scale = None

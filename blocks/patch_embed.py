@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from mvclip.blocks.mobileone import MobileOneBlock
-from mvclip.blocks.reparam import ConvNorm, conv_like, detach_parameters, pad_kernel
+from mvclip.blocks.reparam import ConvNorm, conv_like, conv_norm, detach_parameters, pad_kernel
 from mvclip.blocks.squeeze_excite import SqueezeExcite
 from mvclip.registry import register_block
 
@@ -13,14 +13,25 @@ from mvclip.registry import register_block
 class ReparamLargeKernelConv(nn.Module):
     """Grouped large-kernel conv-BN with a parallel small-kernel conv-BN (RepLKNet); fuses to one conv."""
 
-    def __init__(self, dim: int, out_dim: int, kernel_size: int = 7, stride: int = 2, small_kernel: int = 3, use_se: bool = False) -> None:
+    def __init__(
+        self,
+        dim: int,
+        out_dim: int,
+        kernel_size: int = 7,
+        stride: int = 2,
+        small_kernel: int = 3,
+        use_se: bool = False,
+        inference_mode: bool = False,
+    ) -> None:
         super().__init__()
-        self.lkb_origin: nn.Module | None = ConvNorm(dim, out_dim, kernel_size, stride, groups=dim)
-        self.small_conv: nn.Module | None = ConvNorm(dim, out_dim, small_kernel, stride, groups=dim) if small_kernel else None
+        large = conv_norm(dim, out_dim, kernel_size, stride, groups=dim, inference_mode=inference_mode)
+        self.lkb_origin: nn.Module | None = None if inference_mode else large
+        has_small = small_kernel and not inference_mode
+        self.small_conv: nn.Module | None = ConvNorm(dim, out_dim, small_kernel, stride, groups=dim) if has_small else None
         # MCi's downsampling SE reduces 4x (timm's default), unlike MobileOne's 16x in the head.
         self.se = SqueezeExcite(out_dim, rd_ratio=0.25) if use_se else nn.Identity()
         self.activation = nn.GELU()
-        self.lkb_reparam: nn.Conv2d | None = None
+        self.lkb_reparam: nn.Conv2d | None = large if inference_mode else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.lkb_reparam is not None:
@@ -48,12 +59,21 @@ class ReparamLargeKernelConv(nn.Module):
 class PatchEmbed(nn.Module):
     """MCi downsampling between stages: large-kernel stride-2 conv (optionally with SE), then a 1x1 MobileOne block."""
 
-    def __init__(self, dim: int, out_dim: int, kernel_size: int = 7, stride: int = 2, small_kernel: int = 3, use_se: bool = False) -> None:
+    def __init__(
+        self,
+        dim: int,
+        out_dim: int,
+        kernel_size: int = 7,
+        stride: int = 2,
+        small_kernel: int = 3,
+        use_se: bool = False,
+        inference_mode: bool = False,
+    ) -> None:
         super().__init__()
         self.dim, self.out_dim = dim, out_dim
         self.proj = nn.Sequential(
-            ReparamLargeKernelConv(dim, out_dim, kernel_size, stride, small_kernel, use_se),
-            MobileOneBlock(out_dim, out_dim, 1),
+            ReparamLargeKernelConv(dim, out_dim, kernel_size, stride, small_kernel, use_se, inference_mode),
+            MobileOneBlock(out_dim, out_dim, 1, inference_mode=inference_mode),
         )
 
     def forward(self, x: torch.Tensor, frames: int = 1) -> torch.Tensor:

@@ -12,12 +12,13 @@ from mvclip.registry import register_block
 class RepCPE(nn.Module):
     """Conditional positional encoding `x + dwconv(x)`; fused: the identity moves into the kernel centre."""
 
-    def __init__(self, dim: int, kernel_size: int = 7) -> None:
+    def __init__(self, dim: int, kernel_size: int = 7, inference_mode: bool = False) -> None:
         super().__init__()
         self.dim = dim
         ks = to_tuple(kernel_size, 2)
-        self.pe: nn.Conv2d | None = nn.Conv2d(dim, dim, ks, padding=tuple(k // 2 for k in ks), groups=dim, bias=True)
-        self.reparam_conv: nn.Conv2d | None = None
+        conv = nn.Conv2d(dim, dim, ks, padding=tuple(k // 2 for k in ks), groups=dim, bias=True)
+        self.pe: nn.Conv2d | None = None if inference_mode else conv
+        self.reparam_conv: nn.Conv2d | None = conv if inference_mode else None  # the fused conv has pe's geometry
 
     def forward(self, x: torch.Tensor, frames: int = 1) -> torch.Tensor:
         if self.reparam_conv is not None:

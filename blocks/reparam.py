@@ -87,19 +87,37 @@ class ConvNorm(nn.Module):
         ndim: int = 2,
     ) -> None:
         super().__init__()
-        conv_type = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[ndim]
-        bn_type = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[ndim]
-        ks = to_tuple(kernel_size, ndim)
-        if padding is None:
-            padding = tuple(k // 2 for k in ks)
-        self.conv = conv_type(in_channels, out_channels, ks, stride=stride, padding=padding, groups=groups, bias=False)
-        self.bn = bn_type(out_channels)
+        self.conv = make_conv(in_channels, out_channels, kernel_size, stride, padding, groups, ndim, bias=False)
+        self.bn = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[ndim](out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(self.conv(x))
 
     def fused_kernel_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
         return fold_bn(self.conv.weight, self.conv.bias, self.bn)
+
+
+def make_conv(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int | tuple[int, ...],
+    stride: int | tuple[int, ...] = 1,
+    padding: int | tuple[int, ...] | None = None,
+    groups: int = 1,
+    ndim: int = 2,
+    bias: bool = True,
+) -> nn.Module:
+    """Conv1d/2d/3d with "same" padding by default. With `bias=True` it is the fused form of a ConvNorm."""
+    ks = to_tuple(kernel_size, ndim)
+    if padding is None:
+        padding = tuple(k // 2 for k in ks)
+    conv_type = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[ndim]
+    return conv_type(in_channels, out_channels, ks, stride=stride, padding=padding, groups=groups, bias=bias)
+
+
+def conv_norm(*args, inference_mode: bool = False, **kwargs) -> nn.Module:
+    """A ConvNorm, or with `inference_mode` the biased conv its fold produces (what `conv_like(cn.conv, ...)` builds)."""
+    return make_conv(*args, **kwargs) if inference_mode else ConvNorm(*args, **kwargs)
 
 
 def to_tuple(value: int | tuple[int, ...] | list[int], ndim: int) -> tuple[int, ...]:

@@ -13,15 +13,24 @@ from mvclip.registry import register_block
 class RepMixer(nn.Module):
     """The token mixer: `x + gamma * (mixer(x) - norm(x))` with mixer = dwconv-BN + 1x1-BN + BN(x), norm = BN(x)."""
 
-    def __init__(self, dim: int, kernel_size: int | tuple[int, int] = 3, layer_scale_init: float = 1e-5) -> None:
+    def __init__(
+        self, dim: int, kernel_size: int | tuple[int, int] = 3, layer_scale_init: float = 1e-5, inference_mode: bool = False
+    ) -> None:
         super().__init__()
         self.dim = dim
         self.kernel_size = to_tuple(kernel_size, 2)
+        self.reparam_conv: nn.Conv2d | None = self._fused_conv() if inference_mode else None
+        if inference_mode:
+            return
         common = dict(kernel_size=self.kernel_size, groups=dim, use_act=False)
         self.norm = MobileOneBlock(dim, dim, use_scale_branch=False, num_conv_branches=0, **common)
         self.mixer = MobileOneBlock(dim, dim, **common)
         self.layer_scale = nn.Parameter(torch.full((dim, 1, 1), layer_scale_init))
-        self.reparam_conv: nn.Conv2d | None = None
+
+    def _fused_conv(self) -> nn.Conv2d:
+        """The inference form: one depthwise conv holding the identity, both branches and gamma."""
+        padding = tuple(k // 2 for k in self.kernel_size)
+        return nn.Conv2d(self.dim, self.dim, self.kernel_size, padding=padding, groups=self.dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.reparam_conv is not None:
@@ -36,8 +45,7 @@ class RepMixer(nn.Module):
         gamma = self.layer_scale.reshape(-1)
         kernel = identity_kernel(self.dim, 1, self.kernel_size, mixer_k) + gamma.reshape(-1, 1, 1, 1) * (mixer_k - norm_k)
         bias = gamma * (mixer_b - norm_b)
-        template = nn.Conv2d(self.dim, self.dim, self.kernel_size, padding=self.mixer.padding, groups=self.dim)
-        self.reparam_conv = conv_like(template, kernel, bias)
+        self.reparam_conv = conv_like(self._fused_conv(), kernel, bias)
         del self.mixer, self.norm, self.layer_scale
         detach_parameters(self)
 
@@ -53,12 +61,13 @@ class RepMixerBlock(nn.Module):
         mlp_ratio: float = 3.0,
         ffn_kernel_size: int | tuple[int, int] = 7,
         layer_scale_init: float = 1e-5,
+        inference_mode: bool = False,
     ) -> None:
         super().__init__()
         self.dim = dim
-        self.token_mixer = RepMixer(dim, kernel_size, layer_scale_init)
-        self.convffn = ConvFFN(dim, mlp_ratio, ffn_kernel_size)
-        self.layer_scale: nn.Parameter | None = nn.Parameter(torch.full((dim, 1, 1), layer_scale_init))
+        self.token_mixer = RepMixer(dim, kernel_size, layer_scale_init, inference_mode)
+        self.convffn = ConvFFN(dim, mlp_ratio, ffn_kernel_size, inference_mode=inference_mode)
+        self.layer_scale: nn.Parameter | None = None if inference_mode else nn.Parameter(torch.full((dim, 1, 1), layer_scale_init))
 
     def forward(self, x: torch.Tensor, frames: int = 1) -> torch.Tensor:
         x = self.token_mixer(x)

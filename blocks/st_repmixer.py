@@ -5,7 +5,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from mvclip.blocks.reparam import ConvNorm, conv_like, detach_parameters, identity_kernel
+from mvclip.blocks.reparam import conv_like, conv_norm, detach_parameters, identity_kernel
 from mvclip.blocks.repmixer import RepMixerBlock
 from mvclip.registry import register_block
 
@@ -14,12 +14,14 @@ class TemporalMixer(nn.Module):
     """`x + BN(dwconv_t(x))` over frames (k x 1 x 1, zero padding). Conv before BN keeps the fold exact
     at the first and last frame; BN's weight starts at 0 so the branch starts as exactly zero."""
 
-    def __init__(self, dim: int, kernel_size: int = 3) -> None:
+    def __init__(self, dim: int, kernel_size: int = 3, inference_mode: bool = False) -> None:
         super().__init__()
         self.dim, self.kernel_size = dim, kernel_size
-        self.branch: nn.Module | None = ConvNorm(dim, dim, (kernel_size, 1, 1), groups=dim, ndim=3)
-        nn.init.zeros_(self.branch.bn.weight)
-        self.reparam_conv: nn.Conv3d | None = None
+        conv = conv_norm(dim, dim, (kernel_size, 1, 1), groups=dim, ndim=3, inference_mode=inference_mode)
+        self.branch: nn.Module | None = None if inference_mode else conv
+        self.reparam_conv: nn.Conv3d | None = conv if inference_mode else None
+        if self.branch is not None:
+            nn.init.zeros_(self.branch.bn.weight)
 
     def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
         clip = rearrange(x, "(b t) c h w -> b c t h w", t=frames)
@@ -48,9 +50,10 @@ class STRepMixerBlock(RepMixerBlock):
         ffn_kernel_size: int = 7,
         layer_scale_init: float = 1e-5,
         temporal_kernel_size: int = 3,
+        inference_mode: bool = False,
     ) -> None:
-        super().__init__(dim, kernel_size, mlp_ratio, ffn_kernel_size, layer_scale_init)
-        self.temporal_mixer = TemporalMixer(dim, temporal_kernel_size)
+        super().__init__(dim, kernel_size, mlp_ratio, ffn_kernel_size, layer_scale_init, inference_mode)
+        self.temporal_mixer = TemporalMixer(dim, temporal_kernel_size, inference_mode)
 
     def forward(self, x: torch.Tensor, frames: int = 1) -> torch.Tensor:
         return super().forward(self.temporal_mixer(x, frames), frames)

@@ -12,13 +12,13 @@ from mvclip.registry import register_block
 class MobileOneStem(nn.Module):
     """Stride-4 stem of MCi: three MobileOne blocks (full 3x3 s2, depthwise 3x3 s2, pointwise)."""
 
-    def __init__(self, dim: int = 3, out_dim: int = 64) -> None:
+    def __init__(self, dim: int = 3, out_dim: int = 64, inference_mode: bool = False) -> None:
         super().__init__()
         self.dim, self.out_dim = dim, out_dim
         self.blocks = nn.Sequential(
-            MobileOneBlock(dim, out_dim, 3, stride=2),
-            MobileOneBlock(out_dim, out_dim, 3, stride=2, groups=out_dim),
-            MobileOneBlock(out_dim, out_dim, 1),
+            MobileOneBlock(dim, out_dim, 3, stride=2, inference_mode=inference_mode),
+            MobileOneBlock(out_dim, out_dim, 3, stride=2, groups=out_dim, inference_mode=inference_mode),
+            MobileOneBlock(out_dim, out_dim, 1, inference_mode=inference_mode),
         )
 
     def forward(self, x: torch.Tensor, frames: int = 1) -> torch.Tensor:

@@ -16,8 +16,8 @@ class TemporalPositionalCPE(RepCPE):
     A subclass of RepCPE so image checkpoints load into it unchanged (only `tpe` is new).
     """
 
-    def __init__(self, dim: int, num_frames: int = 8, kernel_size: int = 7) -> None:
-        super().__init__(dim, kernel_size)
+    def __init__(self, dim: int, num_frames: int = 8, kernel_size: int = 7, inference_mode: bool = False) -> None:
+        super().__init__(dim, kernel_size, inference_mode)
         self.num_frames = num_frames
         self.tpe = nn.Parameter(torch.zeros(num_frames, dim))
 

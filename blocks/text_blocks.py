@@ -13,8 +13,10 @@ from mvclip.registry import register_block
 class TextRepMixerBlock(RepMixerBlock):
     """RepMixer block over the token sequence, as a (1 x k) depthwise conv on a (B, C, 1, L) map; fuses like RepMixer."""
 
-    def __init__(self, dim: int, kernel_size: int = 11, mlp_ratio: float = 4.0, layer_scale_init: float = 1e-5) -> None:
-        super().__init__(dim, (1, kernel_size), mlp_ratio, (1, kernel_size), layer_scale_init)
+    def __init__(
+        self, dim: int, kernel_size: int = 11, mlp_ratio: float = 4.0, layer_scale_init: float = 1e-5, inference_mode: bool = False
+    ) -> None:
+        super().__init__(dim, (1, kernel_size), mlp_ratio, (1, kernel_size), layer_scale_init, inference_mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         y = super().forward(x.transpose(1, 2).unsqueeze(2))

@@ -2,7 +2,8 @@
 
 A model config (see `recipes/models/`) has `video`, optionally `text`, `embed_dim`, `logit_scale`
 and `imports` (plugin modules or `.py` files loaded first). Errors name the config path, e.g.
-`model.video.stages[2]`.
+`model.video.stages[2]`. `inference_mode: true` builds every block directly in its fused form
+(what `mvclip.fuse` produces), so a fused model's state dict loads strictly into it.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from mvclip.errors import ConfigError
 from mvclip.model import Stage, TextEncoder, VideoEncoder, VideoTextModel
 from mvclip.registry import REGISTRY, BlockEntry
 
-MODEL_KEYS = {"imports", "embed_dim", "logit_scale", "video", "text", "name", "description"}
+MODEL_KEYS = {"imports", "embed_dim", "logit_scale", "video", "text", "name", "description", "inference_mode"}
 VIDEO_KEYS = {"in_channels", "num_frames", "stem", "stages", "head"}
 VIDEO_STAGE_KEYS = {"block", "depth", "dim", "downsample", "pos_embed"}
 TEXT_KEYS = {"vocab_size", "context_length", "width", "stages"}
@@ -33,9 +34,13 @@ class _Planned:
     path: str
     entry: BlockEntry
     kwargs: dict[str, Any]
+    reparameterize: bool = False  # inference form of a block without `inference_mode`: fold right after building
 
     def build(self) -> nn.Module:
-        return REGISTRY.instantiate(self.entry, self.kwargs, path=self.path)
+        module = REGISTRY.instantiate(self.entry, self.kwargs, path=self.path)
+        if self.reparameterize:
+            module.eval().reparameterize()  # its random init is replaced when the fused weights load
+        return module
 
 
 @dataclass
@@ -54,6 +59,7 @@ class _ModelPlan:
     text_blocks: list[_Planned] | None
     text_args: dict[str, Any] = field(default_factory=dict)
     logit_scale: float = math.log(1 / 0.07)
+    inference_mode: bool = False
 
 
 def load_config(config: str | Path | Mapping | DictConfig) -> tuple[DictConfig, Path | None]:
@@ -99,6 +105,9 @@ def build_model(config: str | Path | Mapping | DictConfig, *, path: str = "model
 def plan_model(cfg: DictConfig, *, path: str = "model", base_dir: Path | None = None) -> _ModelPlan:
     """Load plugins, then resolve every block spec against the registry without building anything."""
     _check_keys(cfg, MODEL_KEYS, path)
+    inference_mode = cfg.get("inference_mode", False)
+    if not isinstance(inference_mode, bool):
+        raise ConfigError(f"{path}.inference_mode: expected true or false, got {inference_mode!r}")
     imports = cfg.get("imports") or []
     if not isinstance(imports, (list, ListConfig)):
         raise ConfigError(f"{path}.imports: expected a list of module names or .py paths, got {imports!r}")
@@ -107,15 +116,15 @@ def plan_model(cfg: DictConfig, *, path: str = "model", base_dir: Path | None = 
     embed_dim = _positive_int(cfg.get("embed_dim", 512), f"{path}.embed_dim")
     if "video" not in cfg:
         raise ConfigError(f"{path}: missing the `video` section (stem, stages, head)")
-    video = _plan_video(cfg.video, f"{path}.video", embed_dim)
+    video = _plan_video(cfg.video, f"{path}.video", embed_dim, inference_mode)
     text_blocks, text_args = None, {}
     if cfg.get("text") is not None:
-        text_blocks, text_args = _plan_text(cfg.text, f"{path}.text", embed_dim)
+        text_blocks, text_args = _plan_text(cfg.text, f"{path}.text", embed_dim, inference_mode)
     logit_scale = float(cfg.get("logit_scale", math.log(1 / 0.07)))
-    return _ModelPlan(*video, text_blocks=text_blocks, text_args=text_args, logit_scale=logit_scale)
+    return _ModelPlan(*video, text_blocks=text_blocks, text_args=text_args, logit_scale=logit_scale, inference_mode=inference_mode)
 
 
-def _plan_video(cfg: Any, path: str, embed_dim: int) -> tuple[_Planned, list[_StagePlan], _Planned, int]:
+def _plan_video(cfg: Any, path: str, embed_dim: int, inference_mode: bool = False) -> tuple[_Planned, list[_StagePlan], _Planned, int]:
     _check_keys(cfg, VIDEO_KEYS, path)
     for key in ("stem", "stages", "head"):
         if cfg.get(key) is None:
@@ -126,7 +135,8 @@ def _plan_video(cfg: Any, path: str, embed_dim: int) -> tuple[_Planned, list[_St
     num_frames = _positive_int(cfg.get("num_frames", 8), f"{path}.num_frames")
     in_channels = _positive_int(cfg.get("in_channels", 3), f"{path}.in_channels")
     first_dim = _positive_int(_get(stages[0], "dim", f"{path}.stages[0]"), f"{path}.stages[0].dim")
-    stem = _resolve(cfg.stem, f"{path}.stem", dim=in_channels, out_dim=first_dim, num_frames=num_frames)
+    mode = {"inference_mode": True} if inference_mode else {}  # context: only blocks that take it get it
+    stem = _resolve(cfg.stem, f"{path}.stem", dim=in_channels, out_dim=first_dim, num_frames=num_frames, **mode)
     channels = stem.kwargs.get("out_dim", first_dim)
     planned: list[_StagePlan] = []
     for i, stage in enumerate(stages):
@@ -139,26 +149,27 @@ def _plan_video(cfg: Any, path: str, embed_dim: int) -> tuple[_Planned, list[_St
         block_spec = {"block": _get(stage, "block", spath), **block_args}
         downsample = None
         if stage.get("downsample") is not None:
-            downsample = _resolve(stage.downsample, f"{spath}.downsample", dim=channels, out_dim=dim, num_frames=num_frames)
+            downsample = _resolve(stage.downsample, f"{spath}.downsample", dim=channels, out_dim=dim, num_frames=num_frames, **mode)
         elif channels != dim:
             raise ConfigError(
                 f"{spath}: the previous part outputs {channels} channels but this stage has dim={dim}; "
                 f"add `downsample: {{block: patch_embed}}` (or another block that maps {channels} -> {dim})"
             )
-        blocks = [_resolve(block_spec, spath, dim=dim, num_frames=num_frames) for _ in range(depth)]
+        blocks = [_resolve(block_spec, spath, dim=dim, num_frames=num_frames, **mode) for _ in range(depth)]
         entry = REGISTRY.get(block_spec["block"], path=spath)
         pos_spec = stage.get("pos_embed", None) if "pos_embed" in stage else _default_pos_embed(entry)
         pos_embed = None
         if pos_spec is not None:
-            pos_embed = _resolve(pos_spec, f"{spath}.pos_embed", dim=dim, num_frames=num_frames)
+            pos_embed = _resolve(pos_spec, f"{spath}.pos_embed", dim=dim, num_frames=num_frames, **mode)
         planned.append(_StagePlan(blocks, downsample, pos_embed))
         channels = dim
-    head = _resolve(cfg.head, f"{path}.head", dim=channels, out_dim=embed_dim, num_frames=num_frames)
+    head = _resolve(cfg.head, f"{path}.head", dim=channels, out_dim=embed_dim, num_frames=num_frames, **mode)
     return stem, planned, head, num_frames
 
 
-def _plan_text(cfg: Any, path: str, embed_dim: int) -> tuple[list[_Planned], dict[str, Any]]:
+def _plan_text(cfg: Any, path: str, embed_dim: int, inference_mode: bool = False) -> tuple[list[_Planned], dict[str, Any]]:
     _check_keys(cfg, TEXT_KEYS, path)
+    mode = {"inference_mode": True} if inference_mode else {}  # context: only blocks that take it get it
     width = _positive_int(cfg.get("width", 512), f"{path}.width")
     args = {
         "vocab_size": _positive_int(cfg.get("vocab_size", 49408), f"{path}.vocab_size"),
@@ -176,7 +187,7 @@ def _plan_text(cfg: Any, path: str, embed_dim: int) -> tuple[list[_Planned], dic
             raise ConfigError(f"{spath}: expected a mapping such as {{block: text_transformer, depth: 4}}, got {stage!r}")
         depth = _non_negative_int(stage.get("depth", 1), f"{spath}.depth")
         spec = {k: v for k, v in stage.items() if k != "depth"}
-        planned = [_resolve(spec, spath, dim=width) for _ in range(depth)]
+        planned = [_resolve(spec, spath, dim=width, **mode) for _ in range(depth)]
         if planned and planned[0].entry.kind != "text":
             raise ConfigError(f"{spath}: block {planned[0].entry.name!r} is a {planned[0].entry.kind} block; text stages need text blocks")
         blocks += planned
@@ -190,8 +201,11 @@ def _default_pos_embed(entry: BlockEntry) -> dict[str, Any] | None:
 
 
 def _resolve(spec: Any, path: str, **context: Any) -> _Planned:
+    """`inference_mode=True` in `context` reaches blocks whose constructor takes it (the YAML may override);
+    a reparameterizable block that does not take it is reparameterized right after it is built instead."""
     entry, kwargs = REGISTRY.resolve(spec, path=path, context=context)
-    return _Planned(path, entry, kwargs)
+    fold = bool(context.get("inference_mode")) and entry.reparameterizable and "inference_mode" not in kwargs
+    return _Planned(path, entry, kwargs, fold)
 
 
 def _build(plan: _ModelPlan) -> VideoTextModel:
@@ -207,7 +221,8 @@ def _build(plan: _ModelPlan) -> VideoTextModel:
     text = None
     if plan.text_blocks is not None:
         text = TextEncoder([b.build() for b in plan.text_blocks], **plan.text_args)
-    return VideoTextModel(video, text, plan.logit_scale)
+    model = VideoTextModel(video, text, plan.logit_scale)
+    return model.eval() if plan.inference_mode else model  # like `fuse`: the inference form is for eval
 
 
 def _check_keys(cfg: Any, allowed: set[str], path: str) -> None:

@@ -2,7 +2,8 @@
 
 `check_block_fusion` builds a block from the registry, randomizes everything that makes its
 branches matter (BatchNorm statistics and affine parameters, layer scales, temporal encodings),
-and compares the fused block with the unfused one.
+and compares the fused block with the unfused one. `check_inference_form` checks that a block
+built with `inference_mode=True` takes a reparameterized block's state dict and computes the same.
 """
 from __future__ import annotations
 
@@ -55,10 +56,10 @@ class FusionCheck:
     idempotent: bool
 
 
-def example_block(entry: BlockEntry, dim: int = 32) -> nn.Module:
-    """Build a block with small example widths (`dim`, and `out_dim` when it is required)."""
+def example_block(entry: BlockEntry, dim: int = 32, **overrides) -> nn.Module:
+    """Build a block with small example widths (`dim`, and `out_dim` when it is required), plus `overrides`."""
     accepted = {p.name: p for p in entry.parameters()}
-    kwargs = {}
+    kwargs = dict(overrides)
     if "dim" in accepted:
         kwargs["dim"] = dim
     if "out_dim" in accepted and accepted["out_dim"].default is accepted["out_dim"].empty:
@@ -101,3 +102,41 @@ def check_block_fusion(name: str, frames: int = 4, dim: int = 32, seed: int = 0)
         batchnorms_left=sum(1 for m in fused.modules() if is_batchnorm(m)),
         idempotent=idempotent,
     )
+
+
+@dataclass(frozen=True)
+class InferenceFormCheck:
+    """A block built with `inference_mode=True`, loaded with a reparameterized block's weights, vs that block."""
+
+    block: str
+    reference: torch.Tensor  # the reparameterized block's output
+    output: torch.Tensor  # the directly built inference form's output
+    batchnorms_left: int  # BatchNorm modules in the inference form
+    same_modules: bool  # same module names and types as the reparameterized block
+
+    @property
+    def report(self) -> VerifyReport:
+        return compare_outputs(self.reference, self.output)
+
+
+@torch.no_grad()
+def check_inference_form(name: str, frames: int = 4, dim: int = 32, seed: int = 0) -> InferenceFormCheck:
+    """Randomize and reparameterize `name`, build it again with `inference_mode=True`, load the state dict
+    strictly (a missing, unexpected or mis-shaped entry raises) and compare outputs on the same input."""
+    entry = REGISTRY.get(name)
+    torch.manual_seed(seed)
+    fused = reparameterize_model(randomize_for_fusion_(example_block(entry, dim), seed).eval())
+    direct = example_block(entry, dim, inference_mode=True).eval()
+    direct.load_state_dict(fused.state_dict(), strict=True)
+    x = example_input(entry, getattr(fused, "dim", dim), frames, seed=seed)
+    return InferenceFormCheck(
+        block=name,
+        reference=_call(entry, fused, x, frames),
+        output=_call(entry, direct, x, frames),
+        batchnorms_left=sum(1 for m in direct.modules() if is_batchnorm(m)),
+        same_modules=_module_types(fused) == _module_types(direct),
+    )
+
+
+def _module_types(module: nn.Module) -> dict[str, type]:
+    return {name: type(sub) for name, sub in module.named_modules()}
