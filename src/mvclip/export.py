@@ -290,9 +290,7 @@ def export_model(
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
-    reference = copy.deepcopy(model).cpu().eval()
-    for p_ref, p in zip(reference.parameters(), model.parameters()):
-        p_ref.requires_grad_(p.requires_grad)
+    reference = copy.deepcopy(model).cpu().eval()  # keeps requires_grad, so "trainable" counts stay right
     inputs = {k: v.cpu() for k, v in inputs.items() if v is not None}
     fused = fuse(reference)
     checks = verify_fused(reference, fused, inputs)
