@@ -1,7 +1,8 @@
 """mvclip's built-in blocks. Importing this package registers them.
 
 Video blocks take `forward(x, frames)` with x of shape `(B*T, C, H, W)`; text blocks take
-`forward(x)` with x of shape `(B, L, C)`. Reparameterizable blocks have `reparameterize()`,
+`forward(x)` with x of shape `(B, L, C)`; side blocks take `forward(x, frames, token)` with x of shape
+`(B*T, N, C)`. The ViT blocks keep a frame as tokens `(B*T, 1 + N, C)` (`input_layout = "tokens"`). Reparameterizable blocks have `reparameterize()`,
 which turns them into their inference form in place (eval mode, idempotent), and a constructor
 argument `inference_mode=True` that builds that form directly (to load fused weights).
 """
@@ -13,8 +14,10 @@ from mvclip.blocks import (  # noqa: F401  (imported for registration)
     patch_embed,
     rep_cpe,
     repmixer,
+    side_block,
     st_repmixer,
     stem,
     temporal_position,
     text_blocks,
+    vit,
 )

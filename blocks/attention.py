@@ -7,7 +7,7 @@ from einops import rearrange
 from torch import nn
 
 from mvclip.blocks.conv_ffn import ConvFFN
-from mvclip.blocks.reparam import bn_affine, detach_parameters
+from mvclip.blocks.reparam import bn_affine, detach_parameters, linear_after_affine
 from mvclip.registry import register_block
 
 ATTENTION_MODES = ("frame", "joint")
@@ -39,12 +39,7 @@ class MHSA(nn.Module):
 
     def fold_input_affine(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
         """qkv(scale*x + shift) = (W*scale) x + (W shift + b): absorbs a BatchNorm before the attention."""
-        weight = self.qkv.weight.detach()
-        bias = weight @ shift + (self.qkv.bias.detach() if self.qkv.bias is not None else 0.0)
-        fused = nn.Linear(weight.shape[1], weight.shape[0], bias=True).to(weight)
-        fused.weight.data.copy_(weight * scale.reshape(1, -1))
-        fused.bias.data.copy_(bias)
-        self.qkv = fused
+        self.qkv = linear_after_affine(self.qkv, scale, shift)
 
     def fold_output_scale(self, scale: torch.Tensor) -> None:
         scale = scale.reshape(-1)

@@ -138,3 +138,14 @@ def detach_parameters(module: nn.Module) -> None:
     """After folding, parameters of the inference form must not keep autograd history."""
     for p in module.parameters():
         p.detach_()
+
+
+def linear_after_affine(linear: nn.Linear, scale: torch.Tensor, shift: torch.Tensor) -> nn.Linear:
+    """A biased Linear equal to `linear(scale * x + shift)`: how a BatchNorm before a Linear folds (exact,
+    since a Linear has no padding)."""
+    weight = linear.weight.detach()
+    bias = weight @ shift + (linear.bias.detach() if linear.bias is not None else 0.0)
+    fused = nn.Linear(weight.shape[1], weight.shape[0], bias=True).to(weight)
+    fused.weight.data.copy_(weight * scale.reshape(1, -1))
+    fused.bias.data.copy_(bias)
+    return fused

@@ -9,6 +9,14 @@ from mvclip.blocks.rep_cpe import RepCPE
 from mvclip.registry import register_block
 
 
+def resample_frames(table: torch.Tensor, frames: int) -> torch.Tensor:
+    """A (T, C) per-frame table at another clip length, by linear interpolation (itself when T == frames)."""
+    if frames == table.shape[0]:
+        return table
+    resampled = F.interpolate(table.t().unsqueeze(0), size=frames, mode="linear", align_corners=False)
+    return resampled[0].t()
+
+
 @register_block("tpe_cpe")
 class TemporalPositionalCPE(RepCPE):
     """`Y = CPE(X + TPE)` with TPE of shape (T, C), zero-initialized and linearly interpolated to other clip lengths.
@@ -23,10 +31,7 @@ class TemporalPositionalCPE(RepCPE):
 
     def temporal_embedding(self, frames: int) -> torch.Tensor:
         """(frames, C): the learned table, resampled linearly when the clip length differs."""
-        if frames == self.num_frames:
-            return self.tpe
-        table = self.tpe.t().unsqueeze(0)  # (1, C, T)
-        return F.interpolate(table, size=frames, mode="linear", align_corners=False)[0].t()
+        return resample_frames(self.tpe, frames)
 
     def forward(self, x: torch.Tensor, frames: int = 1) -> torch.Tensor:
         n, c, h, w = x.shape

@@ -149,13 +149,37 @@ RECIPE_SMOKE = ["--trainer.max_steps=2", "--trainer.limit_val_batches=0",
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", ["mobileviclip_tiny", "mobileviclip_small", "finetune_msrvtt"])
+@pytest.mark.parametrize("recipe", ["mobileviclip_tiny", "mobileviclip_small", "finetune_msrvtt", "side4video_tiny", "side4video_vit_b16"])
 def test_real_data_recipes_parse_and_run_two_steps(recipe, synthetic_root, tmp_path):
     cli("fit", "--config", f"recipes/{recipe}.yaml", "--print_config")
+    # the side-network recipes name the frozen backbone's checkpoint, which this machine does not have
+    no_weights = ["--model.init_from=null"] if recipe.startswith("side4video") else []
     out = cli("fit", "--config", f"recipes/{recipe}.yaml", f"--data.train={synthetic_root / 'train'}",
               f"--data.val={synthetic_root / 'val'}", f"--data.test={synthetic_root / 'test'}", "--data.resolution=128",
-              *RECIPE_SMOKE, cwd=ROOT)
+              *RECIPE_SMOKE, *no_weights, cwd=ROOT)
     assert "`Trainer.fit` stopped: `max_steps=2` reached." in out.stdout + out.stderr
+
+
+@pytest.mark.slow
+def test_small_side_network_recipe_starts_from_the_backbone_recipe(synthetic_root, tmp_path):
+    """Step 1 (the frame-mean backbone) writes a checkpoint; step 2 loads all of it and trains only the side network."""
+    data = [f"--data.train={synthetic_root / 'train'}", f"--data.val={synthetic_root / 'val'}", "--data.resolution=64"]
+    smoke = [a for a in RECIPE_SMOKE if not a.startswith(("--trainer.callbacks", "--trainer.enable_checkpointing"))]
+    backbone = tmp_path / "backbone"
+    cli("fit", "--config", "recipes/side4video_small_backbone.yaml", *data, *smoke,
+        "--trainer.callbacks=[{class_path: lightning.pytorch.callbacks.ModelCheckpoint, "
+        f"init_args: {{dirpath: {backbone}, save_last: true, save_top_k: 0}}}}]", cwd=ROOT)
+    out = cli("fit", "--config", "recipes/side4video_small.yaml", f"--model.init_from={backbone / 'last.ckpt'}",
+              *data, *RECIPE_SMOKE, cwd=ROOT)
+    assert "`Trainer.fit` stopped: `max_steps=2` reached." in out.stdout + out.stderr
+    module = VideoTextModule(model="recipes/models/tiny_cpu_side.yaml", init_from=str(backbone / "last.ckpt"), init_strict=False)
+    report = module.init_report
+    assert not report.unexpected and not report.mismatched
+    assert report.missing and all(k.startswith(("video.side.", "video.side_head.")) for k in report.missing)
+    assert not any(k.startswith("video.side_head.proj") for k in report.missing)  # the head's copy follows the backbone
+    video = torch.rand(2, 8, 3, 64, 64)
+    module.eval()
+    torch.testing.assert_close(module.model.encode_video(video), module.model.video.backbone_embedding(video), rtol=0, atol=1e-6)
 
 
 @pytest.mark.slow

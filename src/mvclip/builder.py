@@ -1,7 +1,8 @@
 """YAML -> VideoTextModel. Every block spec is checked (names and arguments) before anything is built.
 
 A model config (see `recipes/models/`) has `video`, optionally `text`, `embed_dim`, `logit_scale`
-and `imports` (plugin modules or `.py` files loaded first). Errors name the config path, e.g.
+and `imports` (plugin modules or `.py` files loaded first). `video.side` adds a side network beside
+the (then frozen) video backbone (`docs/side_networks.md`). Errors name the config path, e.g.
 `model.video.stages[2]`. `inference_mode: true` builds every block directly in its fused form
 (what `mvclip.fuse` produces), so a fused model's state dict loads strictly into it.
 """
@@ -19,9 +20,13 @@ from torch import nn
 from mvclip.errors import ConfigError
 from mvclip.model import Stage, TextEncoder, VideoEncoder, VideoTextModel
 from mvclip.registry import REGISTRY, BlockEntry
+from mvclip.side import FUSION_LAYERS, FUSION_POINTS, SideClassificationHead, SideNetwork, SideRetrievalHead, SideStem, SideVideoEncoder, fusion_indices
+from mvclip.side.network import FusionLayer
 
 MODEL_KEYS = {"imports", "embed_dim", "logit_scale", "video", "text", "name", "description", "inference_mode"}
-VIDEO_KEYS = {"in_channels", "num_frames", "stem", "stages", "head"}
+VIDEO_KEYS = {"in_channels", "num_frames", "stem", "stages", "head", "side"}
+SIDE_KEYS = {"width", "depth", "block", "fusion", "fusion_every", "fusion_points", "patch_size", "grid", "head", "num_classes", "train_projection"}
+SIDE_HEADS = ("retrieval", "classification")
 VIDEO_STAGE_KEYS = {"block", "depth", "dim", "downsample", "pos_embed"}
 TEXT_KEYS = {"vocab_size", "context_length", "width", "stages"}
 TEXT_STAGE_KEYS = {"block", "depth"}
@@ -51,11 +56,30 @@ class _StagePlan:
 
 
 @dataclass
+class _SidePlan:
+    """The `video.side` section, resolved: one group of `depth` side blocks per fused backbone layer."""
+
+    width: int
+    blocks: list[list[_Planned]]
+    in_dims: list[int]  # backbone channels at each fused layer
+    fusion_points: str
+    fusion_layers: list[int]
+    patch_size: int
+    grid: int
+    in_channels: int
+    head: str
+    num_classes: int | None
+    train_projection: bool
+    inference_mode: bool
+
+
+@dataclass
 class _ModelPlan:
     stem: _Planned
     stages: list[_StagePlan]
     head: _Planned
     num_frames: int
+    side: _SidePlan | None
     text_blocks: list[_Planned] | None
     text_args: dict[str, Any] = field(default_factory=dict)
     logit_scale: float = math.log(1 / 0.07)
@@ -124,7 +148,7 @@ def plan_model(cfg: DictConfig, *, path: str = "model", base_dir: Path | None = 
     return _ModelPlan(*video, text_blocks=text_blocks, text_args=text_args, logit_scale=logit_scale, inference_mode=inference_mode)
 
 
-def _plan_video(cfg: Any, path: str, embed_dim: int, inference_mode: bool = False) -> tuple[_Planned, list[_StagePlan], _Planned, int]:
+def _plan_video(cfg: Any, path: str, embed_dim: int, inference_mode: bool = False) -> tuple[_Planned, list[_StagePlan], _Planned, int, _SidePlan | None]:
     _check_keys(cfg, VIDEO_KEYS, path)
     for key in ("stem", "stages", "head"):
         if cfg.get(key) is None:
@@ -139,6 +163,7 @@ def _plan_video(cfg: Any, path: str, embed_dim: int, inference_mode: bool = Fals
     stem = _resolve(cfg.stem, f"{path}.stem", dim=in_channels, out_dim=first_dim, num_frames=num_frames, **mode)
     channels = stem.kwargs.get("out_dim", first_dim)
     planned: list[_StagePlan] = []
+    stage_shapes: list[tuple[int, int]] = []  # (dim, depth): what a side network fuses
     for i, stage in enumerate(stages):
         spath = f"{path}.stages[{i}]"
         if not isinstance(stage, (Mapping, DictConfig)):
@@ -155,8 +180,11 @@ def _plan_video(cfg: Any, path: str, embed_dim: int, inference_mode: bool = Fals
                 f"{spath}: the previous part outputs {channels} channels but this stage has dim={dim}; "
                 f"add `downsample: {{block: patch_embed}}` (or another block that maps {channels} -> {dim})"
             )
-        blocks = [_resolve(block_spec, spath, dim=dim, num_frames=num_frames, **mode) for _ in range(depth)]
         entry = REGISTRY.get(block_spec["block"], path=spath)
+        if entry.kind != "video":
+            raise ConfigError(f"{spath}: block {entry.name!r} is a {entry.kind} block; video stages need video blocks")
+        blocks = [_resolve(block_spec, spath, dim=dim, num_frames=num_frames, **mode) for _ in range(depth)]
+        stage_shapes.append((dim, depth))
         pos_spec = stage.get("pos_embed", None) if "pos_embed" in stage else _default_pos_embed(entry)
         pos_embed = None
         if pos_spec is not None:
@@ -164,7 +192,62 @@ def _plan_video(cfg: Any, path: str, embed_dim: int, inference_mode: bool = Fals
         planned.append(_StagePlan(blocks, downsample, pos_embed))
         channels = dim
     head = _resolve(cfg.head, f"{path}.head", dim=channels, out_dim=embed_dim, num_frames=num_frames, **mode)
-    return stem, planned, head, num_frames
+    side = None
+    if cfg.get("side") is not None:
+        side = _plan_side(cfg.side, f"{path}.side", stage_shapes, head, num_frames, in_channels, inference_mode)
+    return stem, planned, head, num_frames, side
+
+
+def _plan_side(
+    cfg: Any, path: str, stage_shapes: list[tuple[int, int]], head: _Planned, num_frames: int, in_channels: int, inference_mode: bool
+) -> _SidePlan:
+    """`video.side`: width, depth (side blocks per fused layer), block, fusion (all/interval/top), fusion_every,
+    fusion_points (blocks/stages), patch_size and grid of the side stem, head (retrieval/classification)."""
+    _check_keys(cfg, SIDE_KEYS, path)
+    width = _positive_int(cfg.get("width", 320), f"{path}.width")
+    depth = _positive_int(cfg.get("depth", 1), f"{path}.depth")
+    fusion = _choice(cfg.get("fusion", "all"), FUSION_LAYERS, f"{path}.fusion")
+    every = _positive_int(cfg.get("fusion_every", 2), f"{path}.fusion_every")
+    points = _choice(cfg.get("fusion_points", "blocks" if len(stage_shapes) == 1 else "stages"), FUSION_POINTS, f"{path}.fusion_points")
+    point_dims = [dim for dim, d in stage_shapes for _ in range(d)] if points == "blocks" else [dim for dim, _ in stage_shapes]
+    layers = fusion_indices(len(point_dims), fusion, every)
+    if not layers:
+        raise ConfigError(f"{path}: fusion={fusion!r} (fusion_every={every}) picks none of the backbone's {len(point_dims)} {points}")
+    head_kind = _choice(cfg.get("head", "retrieval"), SIDE_HEADS, f"{path}.head")
+    num_classes = None
+    if head_kind == "classification":
+        num_classes = _positive_int(cfg.get("num_classes"), f"{path}.num_classes")
+    if not callable(getattr(head.entry.cls, "features", None)):
+        raise ConfigError(
+            f"{path}: the backbone head {head.entry.name!r} has no `features(x, frames)` (with `norm` and `proj`), "
+            "which a side network reads the frozen pre-projection feature from; use mci_head or vit_head"
+        )
+    train_projection = cfg.get("train_projection", False)
+    if not isinstance(train_projection, bool):
+        raise ConfigError(f"{path}.train_projection: expected true or false, got {train_projection!r}")
+    mode = {"inference_mode": True} if inference_mode else {}
+    spec = cfg.get("block", "side_block")
+    spec = {"block": spec} if isinstance(spec, str) else spec  # `block: side_block` is short for `{block: side_block}`
+    if not isinstance(spec, (Mapping, DictConfig)) or not isinstance(spec.get("block"), str):
+        raise ConfigError(f"{path}.block: expected a block name or a mapping such as {{block: side_block, token_shift: false}}, got {spec!r}")
+    entry = REGISTRY.get(spec["block"], path=f"{path}.block")
+    if entry.kind != "side":
+        raise ConfigError(f"{path}.block: block {entry.name!r} is a {entry.kind} block; a side network needs side blocks (e.g. side_block)")
+    blocks = [[_resolve(spec, f"{path}.block", dim=width, num_frames=num_frames, **mode) for _ in range(depth)] for _ in layers]
+    return _SidePlan(
+        width=width,
+        blocks=blocks,
+        in_dims=[point_dims[i] for i in layers],
+        fusion_points=points,
+        fusion_layers=layers,
+        patch_size=_positive_int(cfg.get("patch_size", 16), f"{path}.patch_size"),
+        grid=_positive_int(cfg.get("grid", 14), f"{path}.grid"),
+        in_channels=in_channels,
+        head=head_kind,
+        num_classes=num_classes,
+        train_projection=train_projection,
+        inference_mode=inference_mode,
+    )
 
 
 def _plan_text(cfg: Any, path: str, embed_dim: int, inference_mode: bool = False) -> tuple[list[_Planned], dict[str, Any]]:
@@ -217,12 +300,36 @@ def _build(plan: _ModelPlan) -> VideoTextModel:
         )
         for sp in plan.stages
     ]
-    video = VideoEncoder(plan.stem.build(), stages, plan.head.build(), plan.num_frames)
+    if plan.side is None:
+        video = VideoEncoder(plan.stem.build(), stages, plan.head.build(), plan.num_frames)
+    else:
+        video = _build_side_encoder(plan, stages)
     text = None
     if plan.text_blocks is not None:
         text = TextEncoder([b.build() for b in plan.text_blocks], **plan.text_args)
     model = VideoTextModel(video, text, plan.logit_scale)
     return model.eval() if plan.inference_mode else model  # like `fuse`: the inference form is for eval
+
+
+def _build_side_encoder(plan: _ModelPlan, stages: list[Stage]) -> SideVideoEncoder:
+    side, inference = plan.side, plan.side.inference_mode
+    head = plan.head.build()
+    network = SideNetwork(
+        SideStem(side.width, side.patch_size, side.grid, side.in_channels, inference_mode=inference),
+        [FusionLayer(dim, side.width) for dim in side.in_dims],
+        [[b.build() for b in group] for group in side.blocks],
+    )
+    if side.head == "retrieval":
+        side_head: nn.Module = SideRetrievalHead(side.width, head, side.train_projection, inference_mode=inference)
+    else:
+        side_head = SideClassificationHead(side.width, side.num_classes, inference_mode=inference)
+    return SideVideoEncoder(plan.stem.build(), stages, head, plan.num_frames, network, side_head, side.fusion_points, side.fusion_layers)
+
+
+def _choice(value: Any, choices: tuple[str, ...], path: str) -> str:
+    if value not in choices:
+        raise ConfigError(f"{path}: expected one of {', '.join(choices)}, got {value!r}")
+    return value
 
 
 def _check_keys(cfg: Any, allowed: set[str], path: str) -> None:

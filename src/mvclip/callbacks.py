@@ -157,7 +157,7 @@ class FuseExport(Callback):
             latency = metrics["latency_ms"]
             print(f"export ({kind}): {out}  fused latency {latency['video_fused']:.1f} ms/clip "
                   f"(unfused {latency['video_unfused']:.1f} ms, {latency['fused_speedup']:.2f}x), "
-                  f"{metrics['flops']['video_clip'] / 1e9:.2f} GFLOPs/clip")
+                  f"{metrics['flops']['video_clip'] / 1e9:.2f} GFLOPs/clip; left unfolded: {_describe_unfolded(metrics['unfolded'])}")
             if trainer.logger is not None:
                 trainer.logger.log_metrics(
                     {
@@ -170,3 +170,8 @@ class FuseExport(Callback):
                     },
                     step=trainer.global_step,
                 )
+
+
+def _describe_unfolded(unfolded: dict[str, Any]) -> str:
+    """`12 LayerNorm` style summary of the normalization layers reparameterization could not fold."""
+    return ", ".join(f"{n} {kind}" for kind, n in sorted(unfolded["norms"].items())) or "no normalization layers"

@@ -94,8 +94,9 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str], *, strict: bool
         else:
             usable[key] = value
             report.loaded.append(key)
-    report.missing = [k for k in own if k not in usable and k not in mismatched]
+    # load first: a module's load hook may fill keys the file lacks (a side network's copy of the backbone head)
+    result = model.load_state_dict(usable, strict=False)
+    report.missing = [k for k in result.missing_keys if k not in mismatched]
     if strict and (report.missing or report.unexpected or report.mismatched):
         raise ConfigError(f"{path}: does not match the model (strict loading): {report}. Pass strict=False (init_strict: false) to load what fits.")
-    model.load_state_dict(usable, strict=False)
     return report

@@ -34,6 +34,7 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from mvclip.blocks.reparam import is_batchnorm
 from mvclip.builder import build_model
 from mvclip.fusion import VerifyReport, compare_outputs, fuse
 from mvclip.model import VideoTextModel
@@ -178,7 +179,26 @@ def measure(model: VideoTextModel, fused: VideoTextModel, video: torch.Tensor, t
     with torch.no_grad():
         latency = interleaved_latency_ms({"video_unfused": lambda: model.encode_video(clip), "video_fused": lambda: fused.encode_video(clip)}, repeats)
     latency["fused_speedup"] = latency["video_unfused"] / latency["video_fused"]
-    return {"params": params, "flops": flops, "latency_ms": latency, "latency_threads": torch.get_num_threads()}
+    return {
+        "params": params,
+        "flops": flops,
+        "latency_ms": latency,
+        "latency_threads": torch.get_num_threads(),
+        "unfolded": unfolded_layers(fused),
+    }
+
+
+def unfolded_layers(fused: nn.Module) -> dict[str, Any]:
+    """What reparameterization left in place: normalization layers by type (LayerNorm normalizes each token by
+    its own statistics and cannot fold; a BatchNorm left here is one no block folded) and where the BatchNorms are."""
+    norms: dict[str, int] = {}
+    batchnorms = []
+    for name, module in fused.named_modules():
+        if isinstance(module, (nn.LayerNorm, nn.GroupNorm)) or is_batchnorm(module):
+            norms[type(module).__name__] = norms.get(type(module).__name__, 0) + 1
+            if is_batchnorm(module):
+                batchnorms.append(name)
+    return {"norms": norms, "batchnorms": batchnorms}
 
 
 # -- ONNX ----------------------------------------------------------------------------------------

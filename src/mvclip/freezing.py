@@ -39,6 +39,16 @@ def match_parameters(model: nn.Module, patterns: Sequence[str], *, path: str) ->
     return matched
 
 
+def frozen_by_design(model: nn.Module) -> set[str]:
+    """Parameters a module declares as never trained (`frozen_parameter_names()`, e.g. a side network's backbone)."""
+    names: set[str] = set()
+    for module_name, module in model.named_modules():
+        declared = getattr(module, "frozen_parameter_names", None)
+        if callable(declared):
+            names |= {f"{module_name}.{n}" if module_name else n for n in declared()}
+    return names
+
+
 @dataclass(frozen=True)
 class FreezePlan:
     """Frozen parameter names, and the modules whose whole subtree is frozen (kept in eval mode)."""
@@ -50,7 +60,7 @@ class FreezePlan:
 def plan_freezing(model: nn.Module, freeze: Sequence[str] = (), trainable: Sequence[str] | None = None, *, path: str = "model") -> FreezePlan:
     """`freeze` lists what not to train; `trainable`, when given, lists the only things to train."""
     names = {n for n, _ in model.named_parameters()}
-    frozen = match_parameters(model, freeze, path=f"{path}.freeze")
+    frozen = match_parameters(model, freeze, path=f"{path}.freeze") | frozen_by_design(model)
     if trainable is not None:
         frozen |= names - match_parameters(model, trainable, path=f"{path}.trainable")
     modules = []

@@ -26,7 +26,7 @@ from torch import nn
 from mvclip.errors import ConfigError, RegistryError
 
 ENTRY_POINT_GROUP = "mvclip.blocks"
-BLOCK_KINDS = ("video", "text")
+BLOCK_KINDS = ("video", "text", "side")
 LIST_COMMAND = "python -m mvclip blocks"
 
 T = TypeVar("T", bound=type)
@@ -46,7 +46,8 @@ class PluginFailure:
 
 @dataclass(frozen=True)
 class BlockEntry:
-    """One registered block. `kind` says what input it takes: video `(N, C, H, W)` + frames, or text `(B, L, C)`."""
+    """One registered block. `kind` says what input it takes: video `(N, C, H, W)` + frames, text `(B, L, C)`,
+    or side `(B*T, N, C)` + frames + global token."""
 
     name: str
     cls: type[nn.Module]
@@ -285,7 +286,9 @@ def register_block(name: str, *, kind: str = "video", override: bool = False) ->
     """Class decorator: make a block available to YAML as `{block: name, ...}`.
 
     `kind="video"` blocks take `forward(x, frames)` with x of shape `(B*T, C, H, W)`;
-    `kind="text"` blocks take `forward(x)` with x of shape `(B, L, C)`.
+    `kind="text"` blocks take `forward(x)` with x of shape `(B, L, C)`;
+    `kind="side"` blocks (side networks) take `forward(x, frames, token)` with x of shape `(B*T, N, C)` and the
+    backbone's global token `(B*T, C)` or None.
     """
 
     def decorate(cls: T) -> T:

@@ -52,6 +52,25 @@ def _stage_rows(encoder: str, steps: list[tuple[str, nn.Module]], fused_steps: l
     return rows
 
 
+def _side_row(model: VideoTextModel, fused: VideoTextModel, clip: torch.Tensor, backbone_rows: list[StageRow]) -> StageRow:
+    """The side network and its head as one row: its FLOPs are the whole encoder's minus the backbone rows'."""
+
+    def flops(encoder: nn.Module) -> int:
+        with FlopCounterMode(display=False) as counter:
+            out = encoder(clip)
+        return counter.get_total_flops(), out
+
+    total, out = flops(model.video)
+    total_fused, _ = flops(fused.video)
+    side = [model.video.side, model.video.side_head]
+    side_fused = [fused.video.side, fused.video.side_head]
+    return StageRow(
+        "video", "side network", _describe(model.video.side) or "side blocks", tuple(out.shape),
+        sum(count_params(m) for m in side), sum(count_params(m) for m in side_fused),
+        total - sum(r.flops for r in backbone_rows), total_fused - sum(r.flops_fused for r in backbone_rows),
+    )
+
+
 def _text_steps(model: VideoTextModel) -> list[tuple[str, nn.Module]]:
     text = model.text
     return [(f"blocks[{i}]", b) for i, b in enumerate(text.blocks)]
@@ -64,6 +83,8 @@ def summarize(model: VideoTextModel, frames: int = 8, resolution: int = 256, bat
     fused = fuse(model)
     video = torch.rand(batch * frames, 3, resolution, resolution)
     rows = _stage_rows("video", model.video.steps(), fused.video.steps(), video, lambda step, x: step(x, frames))
+    if hasattr(model.video, "side"):
+        rows.append(_side_row(model, fused, video.reshape(batch, frames, *video.shape[1:]), rows))
     if model.text is not None:
         text = model.text
         tokens = torch.randint(0, text.token_embedding.num_embeddings - 2, (batch, text.context_length))

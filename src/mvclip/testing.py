@@ -67,15 +67,24 @@ def example_block(entry: BlockEntry, dim: int = 32, **overrides) -> nn.Module:
     return REGISTRY.instantiate(entry, kwargs, path=f"example {entry.name}")
 
 
-def example_input(entry: BlockEntry, dim: int, frames: int, batch: int = 2, size: int = 16, seed: int = 0) -> torch.Tensor:
+def example_input(entry: BlockEntry, dim: int, frames: int, batch: int = 2, size: int = 16, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Random inputs in the layout the block's kind takes: text `(B, L, C)`; side `(B*T, N, C)` plus a global
+    token `(B*T, C)`; video `(B*T, C, H, W)`, or `(B*T, 1 + N, C)` for blocks with `input_layout = "tokens"`."""
     gen = torch.Generator().manual_seed(seed)
     if entry.kind == "text":
-        return torch.randn(batch, 12, dim, generator=gen)
-    return torch.randn(batch * frames, dim, size, size, generator=gen)
+        return (torch.randn(batch, 12, dim, generator=gen),)
+    if entry.kind == "side":
+        return torch.randn(batch * frames, size, dim, generator=gen), torch.randn(batch * frames, dim, generator=gen)
+    if getattr(entry.cls, "input_layout", "map") == "tokens":
+        return (torch.randn(batch * frames, 1 + size, dim, generator=gen),)
+    return (torch.randn(batch * frames, dim, size, size, generator=gen),)
 
 
-def _call(entry: BlockEntry, block: nn.Module, x: torch.Tensor, frames: int) -> torch.Tensor:
-    return block(x) if entry.kind == "text" else block(x, frames)
+def _call(entry: BlockEntry, block: nn.Module, inputs: tuple[torch.Tensor, ...], frames: int) -> torch.Tensor:
+    if entry.kind == "text":
+        return block(*inputs)
+    x, *extra = inputs
+    return block(x, frames, *extra)
 
 
 @torch.no_grad()

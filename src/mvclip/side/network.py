@@ -1,0 +1,120 @@
+"""The side stream: its own patch embedding of the pixels, fusion of backbone features, side blocks."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from mvclip.blocks.reparam import conv_like, conv_norm, detach_parameters
+from mvclip.blocks.vit import resample_grid, token_grid
+
+FUSION_LAYERS = ("all", "interval", "top")  # Side4Video's three choices of fused backbone layers
+FUSION_POINTS = ("blocks", "stages")  # a plain backbone fuses block outputs; a hierarchical one, stage outputs
+
+
+def fusion_indices(points: int, layers: str = "all", every: int = 2) -> list[int]:
+    """Which of `points` backbone outputs feed the side network: all; every `every`-th ending with the last
+    (Side4Video's `interval`: layers 1, 3, ..., 11 of 12); or the upper half (`top`)."""
+    if layers == "all":
+        return list(range(points))
+    if layers == "interval":
+        return list(range(every - 1, points, every))
+    if layers == "top":
+        return list(range(points // 2, points))
+    raise ValueError(f"fusion layers must be one of {FUSION_LAYERS}, got {layers!r}")
+
+
+class SideStem(nn.Module):
+    """The side stream's own input: a 3 x p x p conv over the clip (stride p in space, 1 in time) + BatchNorm,
+    then a learned spatial position table for a `grid` x `grid` patch grid (resampled to other grids)."""
+
+    def __init__(self, width: int, patch_size: int = 16, grid: int = 14, in_channels: int = 3, inference_mode: bool = False) -> None:
+        super().__init__()
+        self.patch_size, self.grid = patch_size, grid
+        self.conv: nn.Module = conv_norm(
+            in_channels, width, (3, patch_size, patch_size), stride=(1, patch_size, patch_size), padding=(1, 0, 0),
+            ndim=3, inference_mode=inference_mode,
+        )
+        self.positional_embedding = nn.Parameter(torch.randn(grid * grid, width) * 0.01)
+
+    def forward(self, frames_nchw: torch.Tensor, frames: int) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(B*T, 3, H, W) -> side tokens (B*T, h*w, width) and the grid (h, w)."""
+        clip = self.conv(rearrange(frames_nchw, "(b t) c h w -> b c t h w", t=frames))
+        height, width = (int(size) for size in clip.shape[-2:])  # constants when traced: the grid is fixed per export
+        tokens = rearrange(clip, "b c t h w -> (b t) (h w) c")
+        return tokens + resample_grid(self.positional_embedding, self.grid, (height, width)).to(tokens.dtype), (height, width)
+
+    def reparameterize(self) -> None:
+        if hasattr(self.conv, "fused_kernel_bias"):
+            self.conv = conv_like(self.conv.conv, *self.conv.fused_kernel_bias())
+        detach_parameters(self)
+
+
+def split_feature(feature: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A backbone feature -> (patch tokens on the side grid (B*T, h*w, C), global token (B*T, C)).
+
+    Token sequences `(B*T, 1 + N, C)` (a plain ViT) carry the class token first; feature maps `(B*T, C, H, W)`
+    (a hierarchical backbone's stage output) use their spatial mean as the global token. A map whose size is a
+    multiple of the side grid is average-pooled to it; any other is interpolated bilinearly.
+    """
+    if feature.dim() == 3:
+        token, patches = feature[:, 0], feature[:, 1:]
+        side = token_grid(patches.shape[1])
+        maps = rearrange(patches, "n (h w) c -> n c h w", h=side, w=side)
+    elif feature.dim() == 4:
+        token, maps = feature.mean(dim=(2, 3)), feature
+    else:
+        raise ValueError(f"a backbone feature must be (B*T, 1+N, C) tokens or a (B*T, C, H, W) map, got {tuple(feature.shape)}")
+    height, width = (int(size) for size in maps.shape[-2:])
+    if (height, width) != grid:
+        if height % grid[0] == 0 and width % grid[1] == 0:
+            maps = F.avg_pool2d(maps, (height // grid[0], width // grid[1]))
+        else:
+            maps = F.interpolate(maps, size=grid, mode="bilinear", align_corners=False)
+    return maps.flatten(2).transpose(1, 2), token
+
+
+class FusionLayer(nn.Module):
+    """`Down(Norm(Z_l))`: a LayerNorm over the backbone's channels (not foldable: per-token statistics) and a
+    Linear down to the side width, shared by the patch tokens and the global token.
+
+    The LayerNorm has no affine parameters: a scale and shift before a Linear are redundant with its weight
+    and bias, and without them the LayerNorm of a (gradient-free) backbone feature is not recorded by autograd,
+    so training does not keep a normalized copy of every fused feature for the backward pass."""
+
+    def __init__(self, in_dim: int, width: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(in_dim, elementwise_affine=False)
+        self.down = nn.Linear(in_dim, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(self.norm(x))
+
+
+class SideNetwork(nn.Module):
+    """Stem, then per fusion point: `s <- 0.5 s + 0.5 Down(Norm(Z_l))` and `depth` side blocks, each of which
+    also sees that point's global token `Down(Norm(g_l))`."""
+
+    def __init__(self, stem: SideStem, fusions: Sequence[FusionLayer], blocks: Sequence[Sequence[nn.Module]]) -> None:
+        super().__init__()
+        if len(fusions) != len(blocks):
+            raise ValueError(f"{len(fusions)} fusion layers but {len(blocks)} groups of side blocks")
+        self.stem = stem
+        self.fusions = nn.ModuleList(fusions)
+        self.blocks = nn.ModuleList(nn.ModuleList(group) for group in blocks)
+
+    def start(self, frames_nchw: torch.Tensor, frames: int) -> tuple[torch.Tensor, tuple[int, int]]:
+        return self.stem(frames_nchw, frames)
+
+    def fuse_step(self, index: int, side: torch.Tensor, feature: torch.Tensor, grid: tuple[int, int], frames: int) -> torch.Tensor:
+        """Fusion point `index`: mix the backbone feature into the stream, then run that point's side blocks."""
+        patches, token = split_feature(feature, grid)
+        fusion = self.fusions[index]
+        side = 0.5 * side + 0.5 * fusion(patches)
+        token = fusion(token)
+        for block in self.blocks[index]:
+            side = block(side, frames, token)
+        return side
