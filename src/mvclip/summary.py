@@ -55,7 +55,7 @@ def _stage_rows(encoder: str, steps: list[tuple[str, nn.Module]], fused_steps: l
 def _side_row(model: VideoTextModel, fused: VideoTextModel, clip: torch.Tensor, backbone_rows: list[StageRow]) -> StageRow:
     """The side network and its head as one row: its FLOPs are the whole encoder's minus the backbone rows'."""
 
-    def flops(encoder: nn.Module) -> int:
+    def flops(encoder: nn.Module) -> tuple[int, torch.Tensor]:
         with FlopCounterMode(display=False) as counter:
             out = encoder(clip)
         return counter.get_total_flops(), out

@@ -28,7 +28,6 @@ class SideRetrievalHead(nn.Module):
         self.norm = copy.deepcopy(backbone_head.norm)
         self.proj = nn.Parameter(torch.empty(feature_dim, embed_dim))
         self.sync_from(backbone_head)
-        self.train_projection = train_projection
         for p in [*self.norm.parameters(), self.proj]:
             p.requires_grad_(train_projection)
 
