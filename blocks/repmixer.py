@@ -14,7 +14,12 @@ class RepMixer(nn.Module):
     """The token mixer: `x + gamma * (mixer(x) - norm(x))` with mixer = dwconv-BN + 1x1-BN + BN(x), norm = BN(x)."""
 
     def __init__(
-        self, dim: int, kernel_size: int | tuple[int, int] = 3, layer_scale_init: float = 1e-5, inference_mode: bool = False
+        self,
+        dim: int,
+        kernel_size: int | tuple[int, int] = 3,
+        layer_scale_init: float = 1e-5,
+        inference_mode: bool = False,
+        scale_branch: bool = True,
     ) -> None:
         super().__init__()
         self.dim = dim
@@ -24,7 +29,7 @@ class RepMixer(nn.Module):
             return
         common = dict(kernel_size=self.kernel_size, groups=dim, use_act=False)
         self.norm = MobileOneBlock(dim, dim, use_scale_branch=False, num_conv_branches=0, **common)
-        self.mixer = MobileOneBlock(dim, dim, **common)
+        self.mixer = MobileOneBlock(dim, dim, use_scale_branch=scale_branch, **common)
         self.layer_scale = nn.Parameter(torch.full((dim, 1, 1), layer_scale_init))
 
     def _fused_conv(self) -> nn.Conv2d:
@@ -62,10 +67,11 @@ class RepMixerBlock(nn.Module):
         ffn_kernel_size: int | tuple[int, int] = 7,
         layer_scale_init: float = 1e-5,
         inference_mode: bool = False,
+        scale_branch: bool = True,
     ) -> None:
         super().__init__()
         self.dim = dim
-        self.token_mixer = RepMixer(dim, kernel_size, layer_scale_init, inference_mode)
+        self.token_mixer = RepMixer(dim, kernel_size, layer_scale_init, inference_mode, scale_branch)
         self.convffn = ConvFFN(dim, mlp_ratio, ffn_kernel_size, inference_mode=inference_mode)
         self.layer_scale: nn.Parameter | None = None if inference_mode else nn.Parameter(torch.full((dim, 1, 1), layer_scale_init))
 

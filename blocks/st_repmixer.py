@@ -1,6 +1,8 @@
 """Spatiotemporal RepMixer (MobileViCLIP): a depthwise temporal conv branch before the spatial RepMixer."""
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from einops import rearrange
 from torch import nn
@@ -12,7 +14,12 @@ from mvclip.registry import register_block
 
 class TemporalMixer(nn.Module):
     """`x + BN(dwconv_t(x))` over frames (k x 1 x 1, zero padding). Conv before BN keeps the fold exact
-    at the first and last frame; BN's weight starts at 0 so the branch starts as exactly zero."""
+    at the first and last frame; BN's weight starts at 0 so the branch starts as exactly zero.
+
+    `temporal_state` names this module's state an image checkpoint never has ("" = all of it), so
+    `mvclip.load_pretrained` reports it as newly initialized rather than missing."""
+
+    temporal_state: ClassVar[tuple[str, ...]] = ("",)
 
     def __init__(self, dim: int, kernel_size: int = 3, inference_mode: bool = False) -> None:
         super().__init__()

@@ -1,6 +1,8 @@
 """TPE + CPE: a learnable per-frame offset added before MCi's conditional positional encoding."""
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,6 +25,8 @@ class TemporalPositionalCPE(RepCPE):
 
     A subclass of RepCPE so image checkpoints load into it unchanged (only `tpe` is new).
     """
+
+    temporal_state: ClassVar[tuple[str, ...]] = ("tpe",)
 
     def __init__(self, dim: int, num_frames: int = 8, kernel_size: int = 7, inference_mode: bool = False) -> None:
         super().__init__(dim, kernel_size, inference_mode)

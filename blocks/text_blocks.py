@@ -11,12 +11,21 @@ from mvclip.registry import register_block
 
 @register_block("text_repmixer", kind="text")
 class TextRepMixerBlock(RepMixerBlock):
-    """RepMixer block over the token sequence, as a (1 x k) depthwise conv on a (B, C, 1, L) map; fuses like RepMixer."""
+    """RepMixer block over the token sequence, as a (1 x k) depthwise conv on a (B, C, 1, L) map; fuses like RepMixer.
+
+    No 1x1 branch in the mixer by default, as in MobileCLIP's MCt: Apple's MobileOneBlock adds it only when the
+    kernel's first side exceeds 1, which a (1, k) kernel never does, so their S0 text weights have none."""
 
     def __init__(
-        self, dim: int, kernel_size: int = 11, mlp_ratio: float = 4.0, layer_scale_init: float = 1e-5, inference_mode: bool = False
+        self,
+        dim: int,
+        kernel_size: int = 11,
+        mlp_ratio: float = 4.0,
+        layer_scale_init: float = 1e-5,
+        inference_mode: bool = False,
+        scale_branch: bool = False,
     ) -> None:
-        super().__init__(dim, (1, kernel_size), mlp_ratio, (1, kernel_size), layer_scale_init, inference_mode)
+        super().__init__(dim, (1, kernel_size), mlp_ratio, (1, kernel_size), layer_scale_init, inference_mode, scale_branch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         y = super().forward(x.transpose(1, 2).unsqueeze(2))

@@ -1,9 +1,17 @@
-"""Shared fixtures: an isolated block registry, so tests that register blocks leave no trace."""
+"""Shared fixtures: an isolated block registry (tests that register blocks leave no trace), a small synthetic set."""
 import copy
 
 import pytest
 
+from mvclip.datamodules.synthetic import ensure_synthetic_dataset
 from mvclip.registry import REGISTRY
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory):
+    """A small synthetic set (64 train clips) shared by the training tests."""
+    return ensure_synthetic_dataset(tmp_path_factory.mktemp("synthetic"), num_train=64, num_val=32, num_test=32,
+                                    seed=0, frames=8, size=64, progress=False)
 
 
 @pytest.fixture

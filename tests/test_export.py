@@ -20,7 +20,7 @@ from mvclip.lightning_module import VideoTextModule
 from mvclip.registry import register_block
 from mvclip.testing import randomize_for_fusion_
 
-from test_training import datamodule, synthetic_root  # noqa: F401  (a session fixture, shared)
+from test_training import datamodule
 
 VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
 

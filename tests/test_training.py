@@ -4,7 +4,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -16,16 +15,10 @@ from mvclip.datamodules.synthetic import ensure_synthetic_dataset
 from mvclip.errors import ConfigError
 from mvclip.lightning_module import VideoTextModule
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT, cli
+
 E2E_STEPS = 240
 E2E_CHANCE_MULTIPLE = 6  # observed 16x on this machine (R@1 25% vs chance 1.56%)
-
-
-@pytest.fixture(scope="session")
-def synthetic_root(tmp_path_factory):
-    """A small synthetic set (64 train clips) shared by the training tests."""
-    return ensure_synthetic_dataset(tmp_path_factory.mktemp("synthetic"), num_train=64, num_val=32, num_test=32,
-                                    seed=0, frames=8, size=64, progress=False)
 
 
 def datamodule(root, **overrides):
@@ -40,14 +33,6 @@ def trainer(**overrides):
                   enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
     kwargs.update(overrides)
     return L.Trainer(**kwargs)
-
-
-def cli(*args, cwd=ROOT, check=True, timeout=600):
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    result = subprocess.run([sys.executable, "-m", "mvclip", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
-    if check and result.returncode != 0:
-        raise AssertionError(f"mvclip {' '.join(args)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
-    return result
 
 
 def test_frozen_text_branch_is_bit_identical_after_training(synthetic_root, tiny_model_config):
@@ -152,8 +137,8 @@ RECIPE_SMOKE = ["--trainer.max_steps=2", "--trainer.limit_val_batches=0",
 @pytest.mark.parametrize("recipe", ["mobileviclip_tiny", "mobileviclip_small", "finetune_msrvtt", "side4video_tiny", "side4video_vit_b16"])
 def test_real_data_recipes_parse_and_run_two_steps(recipe, synthetic_root, tmp_path):
     cli("fit", "--config", f"recipes/{recipe}.yaml", "--print_config")
-    # the side-network recipes name the frozen backbone's checkpoint, which this machine does not have
-    no_weights = ["--model.init_from=null"] if recipe.startswith("side4video") else []
+    # the recipes name published weights (pretrained / the frozen backbone), which this machine does not have
+    no_weights = ["--model.init_from=null"] if recipe == "side4video_vit_b16" else ["--model.pretrained=null"]
     out = cli("fit", "--config", f"recipes/{recipe}.yaml", f"--data.train={synthetic_root / 'train'}",
               f"--data.val={synthetic_root / 'val'}", f"--data.test={synthetic_root / 'test'}", "--data.resolution=128",
               *RECIPE_SMOKE, *no_weights, cwd=ROOT)

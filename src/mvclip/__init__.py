@@ -7,6 +7,7 @@ from mvclip.builder import build_model
 from mvclip.errors import ConfigError, RegistryError
 from mvclip.fusion import fuse, verify
 from mvclip.model import VideoTextModel
+from mvclip.pretrained import load_pretrained
 from mvclip.registry import build_block, list_blocks, register_block
 from mvclip.tokenizer import tokenize
 
@@ -20,6 +21,7 @@ __all__ = [
     "build_model",
     "fuse",
     "list_blocks",
+    "load_pretrained",
     "register_block",
     "tokenize",
     "verify",

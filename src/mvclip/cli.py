@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "blocks": ("mvclip.commands.blocks", "list every registered block"),
     "summary": ("mvclip.commands.summary", "stages, output shapes, parameters and FLOPs of a model"),
     "export": ("mvclip.commands.export", "fuse a checkpoint into a verified deployable folder (safetensors, YAML, ONNX)"),
+    "convert": ("mvclip.commands.convert", "MobileCLIP weights (Apple, timm, open_clip) -> an mvclip checkpoint and a fused export"),
     "embed": ("mvclip.commands.embed", "embed videos and texts with an exported (fused) model, no training stack"),
     "sweep": ("mvclip.commands.sweep", "run an ablation sweep and write its table, CSV and plot"),
     "shards": ("mvclip.datamodules.shards_cli", "build WebDataset shards from videos or the synthetic set"),

@@ -15,6 +15,7 @@ from mvclip.errors import ConfigError
 from mvclip.freezing import FreezePlan, apply_freezing, plan_freezing
 from mvclip.loss import VideoTextContrastiveLoss, clamp_logit_scale_
 from mvclip.metrics import RetrievalMetric, print_table
+from mvclip.pretrained import PretrainedReport, load_pretrained
 from mvclip.schedule import warmup_cosine
 from mvclip.zeroshot import DEFAULT_TEMPLATES, ZeroShotAccuracy, build_classifier
 
@@ -33,8 +34,12 @@ class VideoTextModule(L.LightningModule):
         warmup_steps, min_lr_ratio: linear warmup then cosine decay over the run's optimizer steps.
         logit_scale: initial log scale (default: the model config's, ln(1/0.07)); `learn_logit_scale: false` holds it fixed.
         max_logit_scale: the learned scale is clamped to at most this (as a scale, 100 by default) after every step.
-        init_from: an mvclip checkpoint to start from (fine-tuning); `init_strict`; `pretrained_lr_mult` scales the
-            learning rate of parameters that came from it relative to new ones.
+        pretrained: image-text weights to start from (Apple's mobileclip_s0.pt / s2.pt, timm fastvit_mci*, open_clip
+            MobileCLIP, or mvclip names; see docs/weights.md): spatial weights, text tower and logit scale are loaded,
+            temporal additions start as the identity. The load report is printed.
+        init_from: an mvclip checkpoint to start from (fine-tuning), loaded after `pretrained`; `init_strict` applies
+            to both; `pretrained_lr_mult` scales the learning rate of parameters that came from either file
+            relative to new ones. An explicit `logit_scale` wins over the files' value.
         zero_shot: optional `{class_names: [...], templates: [...]}` evaluated on labelled val/test batches.
         gather_with_grad: gather features across ranks with gradients (open_clip's local loss scheme).
     """
@@ -54,6 +59,7 @@ class VideoTextModule(L.LightningModule):
         logit_scale: float | None = None,
         learn_logit_scale: bool = True,
         max_logit_scale: float = 100.0,
+        pretrained: str | None = None,
         init_from: str | None = None,
         init_strict: bool = True,
         pretrained_lr_mult: float = 1.0,
@@ -72,17 +78,22 @@ class VideoTextModule(L.LightningModule):
         # what an export needs to rebuild this model (with `inference_mode: true`)
         self.model_config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)
         self.model_config_dir = base_dir
+        self.pretrained_report: PretrainedReport | None = None
+        self.init_report: LoadReport | None = None
+        self.pretrained_names: set[str] = set()
+        if pretrained:
+            self.pretrained_report = load_pretrained(self.model, pretrained, strict=init_strict)
+            self.pretrained_names |= set(self.pretrained_report.loaded)
+            print(f"pretrained {self.pretrained_report}")
+        if init_from:
+            self.init_report = load_weights(self.model, init_from, strict=init_strict)
+            self.pretrained_names |= set(self.init_report.loaded)
+            if not init_strict:
+                print(f"init_from {init_from}: {self.init_report}")
         if logit_scale is not None:
             self.model.logit_scale.data.fill_(float(logit_scale))
         self.model.logit_scale.requires_grad_(learn_logit_scale)
         self.max_log_scale = math.log(max_logit_scale)
-        self.init_report: LoadReport | None = None
-        self.pretrained_names: set[str] = set()
-        if init_from:
-            self.init_report = load_weights(self.model, init_from, strict=init_strict)
-            self.pretrained_names = set(self.init_report.loaded)
-            if not init_strict:
-                print(f"init_from {init_from}: {self.init_report}")
         self.freeze_plan: FreezePlan = plan_freezing(self.model, freeze or [], trainable)
         if not learn_logit_scale:
             self.freeze_plan = FreezePlan(self.freeze_plan.frozen_parameters | {"logit_scale"}, self.freeze_plan.frozen_modules)

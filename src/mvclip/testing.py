@@ -43,6 +43,41 @@ def randomize_for_fusion_(module: nn.Module, seed: int = 0) -> nn.Module:
     return module
 
 
+def random_checkpoint(shapes: dict[str, list[int]], seed: int = 0) -> dict[str, torch.Tensor]:
+    """A state dict with the given names and shapes and values a trained network could have, every tensor distinct.
+
+    For testing weight loaders without the real files (tests/fixtures/pretrained_formats/*.json hold the shapes):
+    BatchNorm statistics and affine near their trained ranges, layer scales well away from their 1e-5 start,
+    weights scaled by fan-in, `logit_scale` ln(100); `num_batches_tracked` counts 1, 2, 3, ... so even those differ.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    keys = list(shapes)
+    batchnorms = {k.rsplit(".", 1)[0] for k in keys if k.endswith("running_var")}
+    state: dict[str, torch.Tensor] = {}
+    for index, key in enumerate(keys):
+        shape = torch.Size(shapes[key])
+        owner, leaf = key.rsplit(".", 1) if "." in key else ("", key)
+        normal = torch.randn(shape, generator=gen)
+        if leaf == "num_batches_tracked":
+            value = torch.tensor(index + 1, dtype=torch.long)
+        elif leaf == "running_var":
+            value = 0.5 + 1.5 * torch.rand(shape, generator=gen)
+        elif owner in batchnorms and leaf == "weight":
+            value = 0.5 + torch.rand(shape, generator=gen)
+        elif leaf in {"running_mean", "bias"} or owner in batchnorms:
+            value = 0.1 * normal
+        elif "layer_scale" in key:
+            value = (0.05 + 0.1 * torch.rand(shape, generator=gen)) * normal.sign()
+        elif key == "logit_scale":
+            value = torch.tensor(4.6052 + 1e-3 * index)
+        elif len(shape) >= 2 and "embedding" not in key and leaf != "pos_embed":
+            value = normal * shape[1:].numel() ** -0.5
+        else:
+            value = 0.02 * normal
+        state[key] = value
+    return state
+
+
 @dataclass(frozen=True)
 class FusionCheck:
     """Outcome of one fused-vs-unfused comparison of a block."""

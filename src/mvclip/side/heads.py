@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -18,6 +19,9 @@ class SideRetrievalHead(nn.Module):
     backbone itself never enters the autograd graph; `sync_from` refreshes them when backbone weights load.
     `train_projection` lets them learn too (Side4Video keeps them frozen). BN folds into Up at export.
     """
+
+    temporal_state: ClassVar[tuple[str, ...]] = ("up", "post_norm")  # new beside pretrained weights
+    derived_state: ClassVar[tuple[str, ...]] = ("norm", "proj")  # copies the load hook takes from the backbone head
 
     def __init__(self, width: int, backbone_head: nn.Module, train_projection: bool = False, inference_mode: bool = False) -> None:
         super().__init__()
@@ -53,6 +57,8 @@ class SideRetrievalHead(nn.Module):
 
 class SideClassificationHead(nn.Module):
     """Global average pooling of the side output over tokens and frames, then a linear classifier: (B, classes)."""
+
+    temporal_state: ClassVar[tuple[str, ...]] = ("",)
 
     def __init__(self, width: int, num_classes: int, inference_mode: bool = False) -> None:
         super().__init__()

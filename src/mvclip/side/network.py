@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -97,6 +98,8 @@ class FusionLayer(nn.Module):
 class SideNetwork(nn.Module):
     """Stem, then per fusion point: `s <- 0.5 s + 0.5 Down(Norm(Z_l))` and `depth` side blocks, each of which
     also sees that point's global token `Down(Norm(g_l))`."""
+
+    temporal_state: ClassVar[tuple[str, ...]] = ("",)  # all new beside a pretrained backbone
 
     def __init__(self, stem: SideStem, fusions: Sequence[FusionLayer], blocks: Sequence[Sequence[nn.Module]]) -> None:
         super().__init__()
