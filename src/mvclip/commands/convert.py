@@ -13,8 +13,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from mvclip.lightning_module import VideoTextModule
 
 SOURCES = {"mobileclip": ("apple_mobileclip", "timm_fastvit", "open_clip")}
 
@@ -35,7 +39,7 @@ def main(argv: list[str]) -> int:
     from mvclip.errors import ConfigError
     from mvclip.export import ExportError, export_checkpoint, random_inputs
     from mvclip.lightning_module import VideoTextModule
-    from mvclip.pretrained import FORMATS, detect_format, frame_mean_config, load_pretrained
+    from mvclip.pretrained import detect_format, frame_mean_config, load_pretrained
 
     try:
         state = read_state_dict(args.ckpt)
@@ -54,7 +58,7 @@ def main(argv: list[str]) -> int:
 
     out = Path(args.out)
     ckpt_path = out / "model.ckpt"
-    write_checkpoint(module, ckpt_path, source=args.ckpt, format_name=FORMATS[fmt.name].name, frames=args.frames, resolution=args.resolution)
+    write_checkpoint(module, ckpt_path, source=args.ckpt, format_name=fmt.name, frames=args.frames, resolution=args.resolution)
     try:
         export_dir, metrics = export_checkpoint(
             module, ckpt_path, random_inputs(args.frames, args.resolution), out_dir=out / "export", kind="converted",
@@ -69,7 +73,7 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def write_checkpoint(module, path: Path, *, source: str, format_name: str, frames: int, resolution: int) -> None:
+def write_checkpoint(module: VideoTextModule, path: Path, *, source: str, format_name: str, frames: int, resolution: int) -> None:
     """A checkpoint in the shape `python -m mvclip fit` writes: `model.`-prefixed state, the model config as the
     module's hyperparameters (self-contained: no recipe path), and the input pipeline the weights expect."""
     import lightning
