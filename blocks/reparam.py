@@ -149,3 +149,8 @@ def linear_after_affine(linear: nn.Linear, scale: torch.Tensor, shift: torch.Ten
     fused.weight.data.copy_(weight * scale.reshape(1, -1))
     fused.bias.data.copy_(bias)
     return fused
+
+
+def linear_after_batchnorm(linear: nn.Linear, bn: nn.modules.batchnorm._BatchNorm) -> nn.Linear:
+    """A biased Linear equal to `linear(bn(x))` for an eval-mode BatchNorm over the Linear's input features."""
+    return linear_after_affine(linear, *bn_affine(bn))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mvclip.blocks.reparam import bn_affine, detach_parameters, linear_after_affine
+from mvclip.blocks.reparam import detach_parameters, linear_after_batchnorm
 from mvclip.blocks.side_spatial import SideSpatialAttention
 from mvclip.blocks.side_temporal import SideTemporalAttention, SideTemporalConv, batchnorm_tokens
 from mvclip.registry import register_block
@@ -30,12 +30,12 @@ class SideMLP(nn.Module):
         nn.init.normal_(self.fc2.weight, std=dim**-0.5 * 24**-0.5)  # Side4Video's residual-branch scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = batchnorm_tokens(self.norm, x) if self.norm is not None else x
+        y = batchnorm_tokens(self.norm, x)
         return x + self.fc2(self.act(self.fc1(y)))
 
     def reparameterize(self) -> None:
         if self.norm is not None:
-            self.fc1 = linear_after_affine(self.fc1, *bn_affine(self.norm))
+            self.fc1 = linear_after_batchnorm(self.fc1, self.norm)
             self.norm = None
         detach_parameters(self)
 

@@ -9,14 +9,15 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from mvclip.blocks.reparam import bn_affine, detach_parameters, linear_after_affine
+from mvclip.blocks.reparam import bn_affine, detach_parameters, linear_after_batchnorm
 from mvclip.blocks.temporal_position import resample_frames
 from mvclip.blocks.token_attention import TokenAttention
 
 
-def batchnorm_tokens(norm: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:
-    """BatchNorm over the channels of `(..., C)` tokens: the statistics of Side4Video's BatchNorm3d."""
-    return norm(x.reshape(-1, x.shape[-1])).reshape(x.shape)
+def batchnorm_tokens(norm: nn.BatchNorm1d | None, x: torch.Tensor) -> torch.Tensor:
+    """BatchNorm over the channels of `(..., C)` tokens: the statistics of Side4Video's BatchNorm3d.
+    `norm` None (folded into the next linear map) passes `x` through."""
+    return x if norm is None else norm(x.reshape(-1, x.shape[-1])).reshape(x.shape)
 
 
 class SideTemporalConv(nn.Module):
@@ -33,14 +34,14 @@ class SideTemporalConv(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
-        y = self.pw1(batchnorm_tokens(self.norm, x) if self.norm is not None else x)
+        y = self.pw1(batchnorm_tokens(self.norm, x))
         y = rearrange(y, "(b t) n c -> (b n) c t", t=frames)
         y = rearrange(self.dw(y), "(b n) c t -> (b t) n c", n=x.shape[1])
         return x + self.pw2(y)
 
     def reparameterize(self) -> None:
         if self.norm is not None:
-            self.pw1 = linear_after_affine(self.pw1, *bn_affine(self.norm))
+            self.pw1 = linear_after_batchnorm(self.pw1, self.norm)
             self.norm = None
         detach_parameters(self)
 
@@ -57,7 +58,7 @@ class SideTemporalAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
         y = rearrange(x, "(b t) n c -> (b n) t c", t=frames) + resample_frames(self.tpe, frames).to(x.dtype)
-        y = self.attn(batchnorm_tokens(self.norm, y) if self.norm is not None else y)
+        y = self.attn(batchnorm_tokens(self.norm, y))
         return x + rearrange(y, "(b n) t c -> (b t) n c", n=x.shape[1])
 
     def reparameterize(self) -> None:

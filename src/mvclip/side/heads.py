@@ -7,7 +7,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from mvclip.blocks.reparam import bn_affine, detach_parameters, linear_after_affine
+from mvclip.blocks.reparam import detach_parameters, linear_after_batchnorm
 from mvclip.blocks.side_temporal import batchnorm_tokens
 
 
@@ -43,14 +43,14 @@ class SideRetrievalHead(nn.Module):
 
     def forward(self, side: torch.Tensor, feature: torch.Tensor, frames: int) -> torch.Tensor:
         """side (B*T, N, W), feature Z_t (B*T, F) -> (B, D)."""
-        side = batchnorm_tokens(self.post_norm, side) if self.post_norm is not None else side
+        side = batchnorm_tokens(self.post_norm, side)
         per_frame = self.norm(feature + self.up(side.mean(dim=1))) @ self.proj
         return per_frame.reshape(-1, frames, per_frame.shape[-1]).mean(dim=1)
 
     def reparameterize(self) -> None:
         """BN is per-channel affine, so it commutes with the token mean and folds into Up (which gains a bias)."""
         if self.post_norm is not None:
-            self.up = linear_after_affine(self.up, *bn_affine(self.post_norm))
+            self.up = linear_after_batchnorm(self.up, self.post_norm)
             self.post_norm = None
         detach_parameters(self)
 
@@ -68,12 +68,12 @@ class SideClassificationHead(nn.Module):
         nn.init.zeros_(self.classifier.bias)
 
     def forward(self, side: torch.Tensor, feature: torch.Tensor, frames: int) -> torch.Tensor:
-        side = batchnorm_tokens(self.post_norm, side) if self.post_norm is not None else side
+        side = batchnorm_tokens(self.post_norm, side)
         pooled = side.mean(dim=1).reshape(-1, frames, side.shape[-1]).mean(dim=1)
         return self.classifier(pooled)
 
     def reparameterize(self) -> None:
         if self.post_norm is not None:
-            self.classifier = linear_after_affine(self.classifier, *bn_affine(self.post_norm))
+            self.classifier = linear_after_batchnorm(self.classifier, self.post_norm)
             self.post_norm = None
         detach_parameters(self)
