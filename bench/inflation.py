@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import machine, today, write_section  # noqa: E402
 
 import mvclip  # noqa: E402
+from mvclip.builder import apply_overrides  # noqa: E402
 from mvclip.datamodules.decode import VideoReader  # noqa: E402
 from mvclip.datamodules.sampling import segment_indices  # noqa: E402
 from mvclip.datamodules.transforms import VideoTransform  # noqa: E402
@@ -48,9 +49,7 @@ def load_clip(path: Path, frames: int, resolution: int) -> torch.Tensor:
 
 
 def build(preset: str, weights: dict[str, torch.Tensor], **overrides) -> mvclip.VideoTextModel:
-    cfg = OmegaConf.load(PRESETS / f"{preset}.yaml")
-    for key, value in overrides.items():
-        OmegaConf.update(cfg, key, value, merge=False)
+    cfg = apply_overrides(OmegaConf.load(PRESETS / f"{preset}.yaml"), overrides, new_keys=True)
     model = mvclip.build_model(cfg).eval()
     mvclip.load_pretrained(model, weights)
     return model

@@ -78,15 +78,12 @@ def measure_one(name: str, batch: int, frames: int) -> dict:
     import torch.nn.functional as F
     from omegaconf import OmegaConf
 
-    from mvclip.builder import build_model
+    from mvclip.builder import apply_overrides, build_model
     from mvclip.freezing import apply_freezing, plan_freezing
     from mvclip.loss import VideoTextContrastiveLoss
 
     path, edits, trainable, resolution, _ = CONFIGS[name]
-    cfg = OmegaConf.load(ROOT / path)
-    for key, value in edits.items():
-        OmegaConf.update(cfg, key, value, merge=False)
-    cfg = OmegaConf.to_container(cfg)
+    cfg = OmegaConf.to_container(apply_overrides(OmegaConf.load(ROOT / path), edits, new_keys=True))
     cfg.pop("text", None)  # video tower only: the text side is a frozen tower's cached embeddings
     torch.manual_seed(0)
     model = build_model(cfg)

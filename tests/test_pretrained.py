@@ -48,10 +48,9 @@ def checkpoint(name: str, seed: int = 0) -> dict[str, torch.Tensor]:
 def build(preset: str, **overrides) -> mvclip.VideoTextModel:
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.load(PRESETS / f"{preset}.yaml")
-    for key, value in overrides.items():
-        OmegaConf.update(cfg, key, value, merge=False)
-    return mvclip.build_model(cfg).eval()
+    from mvclip.builder import apply_overrides
+
+    return mvclip.build_model(apply_overrides(OmegaConf.load(PRESETS / f"{preset}.yaml"), overrides, new_keys=True)).eval()
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in FIXTURES.glob("*.json")))

@@ -104,6 +104,18 @@ def load_config(config: str | Path | Mapping | DictConfig) -> tuple[DictConfig, 
     raise ConfigError(f"model config must be a path, a mapping or an OmegaConf node, got {type(config).__name__}")
 
 
+def apply_overrides(cfg: DictConfig, overrides: Mapping[str, Any] | None, *, new_keys: bool = False) -> DictConfig:
+    """Set dotted keys of a model config in place (`{video.stages.3.block: attention}`), how sweeps swap blocks.
+
+    A key that names nothing in the config is an error naming `model.overrides`, unless `new_keys` (adding a block argument
+    the YAML leaves at its default, e.g. `video.stages.3.attention_mode`)."""
+    for key, value in (overrides or {}).items():
+        if not new_keys and OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+            raise ConfigError(f"model.overrides: {key!r} names nothing in the model config")
+        OmegaConf.update(cfg, key, value, merge=False)
+    return cfg
+
+
 def _find_config(path: Path) -> Path:
     """A relative path is looked up from the working directory, then from the project root (recipes/ lives there)."""
     if path.is_file() or path.is_absolute():

@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from omegaconf import OmegaConf
 
-from mvclip.builder import build_model, load_config
+from mvclip.builder import apply_overrides, build_model, load_config
 from mvclip.checkpoints import LoadReport, load_weights
 from mvclip.errors import ConfigError
 from mvclip.freezing import FreezePlan, apply_freezing, plan_freezing
@@ -69,11 +69,7 @@ class VideoTextModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         cfg, base_dir = load_config(model if isinstance(model, str) else dict(model))
-        cfg = copy.deepcopy(cfg)
-        for key, value in (overrides or {}).items():
-            if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
-                raise ConfigError(f"model.overrides: {key!r} names nothing in the model config")
-            OmegaConf.update(cfg, key, value, merge=False)
+        cfg = apply_overrides(copy.deepcopy(cfg), overrides)
         self.model = build_model(cfg, base_dir=base_dir)
         # what an export needs to rebuild this model (with `inference_mode: true`)
         self.model_config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)

@@ -415,7 +415,7 @@ def preflight(sweep: Sweep, runs: Sequence[Run], *, cwd: str | None = None) -> N
     `model.overrides` applied, so a typo fails in seconds rather than after the first runs."""
     from omegaconf import OmegaConf
 
-    from mvclip.builder import load_config, plan_model
+    from mvclip.builder import apply_overrides, load_config, plan_model
 
     seen = set()
     for run in runs:
@@ -436,11 +436,7 @@ def preflight(sweep: Sweep, runs: Sequence[Run], *, cwd: str | None = None) -> N
             continue
         try:
             cfg, base_dir = load_config(model["model"])
-            cfg = OmegaConf.create(OmegaConf.to_container(cfg))
-            for key, value in (model.get("overrides") or {}).items():
-                if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
-                    raise ConfigError(f"model.overrides: {key!r} names nothing in the model config")
-                OmegaConf.update(cfg, key, value, merge=False)
+            cfg = apply_overrides(OmegaConf.create(OmegaConf.to_container(cfg)), model.get("overrides"))
             plan_model(cfg, path="model.model", base_dir=base_dir)
         except ConfigError as error:
             raise ConfigError(f"{where}: {error}") from error
