@@ -24,7 +24,7 @@ def _renamed_shapes(state: dict[str, torch.Tensor], fmt: CheckpointFormat) -> di
     for key, tensor in state.items():
         target, rule = fmt.target_of(key)
         if target is not None:
-            shapes[target] = tensor.t().shape if rule.transpose and tensor.dim() == 2 else tensor.shape
+            shapes[target] = rule.oriented(tensor).shape
     return shapes
 
 

@@ -72,9 +72,12 @@ class KeyRule:
     def to_source(self, key: str) -> str | None:
         return self._apply(key, self._target_re, self.source, tuple((new, old) for old, new in self.renames))
 
+    def oriented(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The tensor laid out as mvclip holds it (transposed for a Linear stored as a projection)."""
+        return tensor.t() if self.transpose and tensor.dim() == 2 else tensor
+
     def convert(self, tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-        if self.transpose and tensor.dim() == 2:
-            tensor = tensor.t()
+        tensor = self.oriented(tensor)
         if self.reshape and tensor.shape != shape and tensor.numel() == shape.numel():
             tensor = tensor.reshape(shape)
         return tensor.contiguous()
