@@ -7,8 +7,11 @@ Supported (detected from the file when no format is named):
   `<videos>/<videoid>.mp4` or `<videos>/<page_dir>/<videoid>.mp4`.
 - `internvid`: JSONL `{"YoutubeID", "Start_timestamp": "00:00:12.345", "End_timestamp",
   "Caption"}`; each line is a clip trimmed from `<videos>/<YoutubeID>.<ext>`.
-- `csv`: plain CSV (header `path,caption[,start,end,label,label_name]`) or JSONL/JSON list with
+- `csv`: plain CSV (header `path,caption[,start,end,label,label_name,group]`) or JSONL/JSON list with
   the same keys; rows naming the same untrimmed file are merged into one multi-caption sample.
+  `group` names a set of hard negatives (a clip and its time-reversed twin, say): the samples of a
+  group are written next to each other in one shard, can be batched together (`data.group_batching`)
+  and are scored by twin accuracy at evaluation (`mvclip.temporal_metrics`).
 A video that cannot be found still becomes a `ClipSource` (with the path it was looked for at), so
 the build lists it as `missing` in the manifest instead of dropping it silently.
 """
@@ -229,10 +232,11 @@ def read_plain(path: Path, videos_dir: Path) -> list[ClipSource]:
         key = name if start is None and end is None else \
             f"{name}_{round((start or 0) * 1000)}_{round(end * 1000) if end is not None else 'end'}"
         label = row.get("label")
+        extra = {"group": str(row["group"])} if row.get("group") not in (None, "") else {}
         grouped[group] = ClipSource(
             key=safe_key(key), path=video, captions=[str(row["caption"])], start=start, end=end,
             label=int(label) if label not in (None, "") else None,
-            label_name=str(row["label_name"]) if row.get("label_name") else None)
+            label_name=str(row["label_name"]) if row.get("label_name") else None, extra=extra)
     return list(grouped.values())
 
 

@@ -19,7 +19,8 @@ def _optional(samples: Sequence[dict[str, Any]], name: str) -> list[Any] | None:
 
 
 def collate_train(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """``video`` float (B,T,3,H,W), ``text`` long (B,77), ``key`` list[str], ``label``/``teacher`` if all have them."""
+    """``video`` float (B,T,3,H,W), ``text`` long (B,77), ``key`` list[str], ``label``/``teacher`` if all have them,
+    ``group`` (list of str or None) if any has one."""
     if not samples:
         raise ValueError("cannot collate an empty batch")
     batch: dict[str, Any] = {
@@ -48,6 +49,8 @@ def collate_eval(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _add_optional(batch: dict[str, Any], samples: Sequence[dict[str, Any]]) -> None:
+    if any(s.get("group") is not None for s in samples):
+        batch["group"] = [s.get("group") for s in samples]  # None for a sample outside every group
     labels = _optional(samples, "label")
     if labels is not None:
         batch["label"] = torch.tensor(labels, dtype=torch.long)

@@ -41,7 +41,10 @@ class VideoTextDataModule(LightningDataModule):
         mean, std: per-channel normalisation (default none: [0, 1] RGB).
         batch_size, eval_batch_size: clips per training / evaluation batch.
         num_workers: loader processes per rank.
-        shuffle_buffer: raw samples held for shuffling in each training worker.
+        shuffle_buffer: raw samples (with ``group_batching``: groups) held for shuffling in each training worker.
+        group_batching: keep the members of a sample ``group`` (e.g. a clip and its time-reversed twin, or
+            any declared hard negatives; see docs/data.md) in the same training batch. Members must sit next to
+            each other in one shard, as ``mvclip shards`` and the synthetic set write them.
         seed: seeds shard order (with the epoch), frame sampling and crops.
         resampled: draw training shards with replacement (large corpora; no shard-count limit).
         epoch_samples: samples in one training epoch over all ranks (default: the manifest's
@@ -73,6 +76,7 @@ class VideoTextDataModule(LightningDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 2,
         shuffle_buffer: int = 64,
+        group_batching: bool = False,
         seed: int = 0,
         resampled: bool = False,
         epoch_samples: int | None = None,
@@ -108,6 +112,7 @@ class VideoTextDataModule(LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.shuffle_buffer = shuffle_buffer
+        self.group_batching = group_batching
         self.seed = seed
         self.resampled = resampled
         self.epoch_samples = epoch_samples
@@ -184,6 +189,7 @@ class VideoTextDataModule(LightningDataModule):
             resampled=self.resampled and train,
             pattern=pattern,
             epoch_samples=self.epoch_samples if train else None,
+            group_batching=self.group_batching and train,
         )
 
     def _loader(self, split: str, train: bool) -> ShardLoader:

@@ -238,6 +238,11 @@ class SampleDecoder:
             out["text"] = self._tokenize(captions)
         if label is not None:
             out["label"] = label
+        group = meta.get("group", meta.get("pair"))  # `pair`: the synthetic set's name for a twin pair
+        if group is not None:
+            if isinstance(group, bool) or not isinstance(group, (str, int)):
+                raise BadSample("bad_json", f"{name}: group {group!r} is not a string or an int")
+            out["group"] = str(group)
         teacher = raw.get(TEACHER_EXTENSION)
         if teacher is not None:
             try:
@@ -245,6 +250,18 @@ class SampleDecoder:
             except (ValueError, OSError, EOFError) as exc:
                 raise BadSample("bad_teacher", f"{name}: {exc}") from exc
         return out
+
+
+def raw_group(raw: dict[str, Any]) -> str | None:
+    """The `group` of a raw shard sample (read from its json; `pair` is the synthetic set's name), or None."""
+    try:
+        meta = json.loads(raw["json"].decode("utf-8")) if "json" in raw else None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None  # the decoder rejects it later, as a sample of its own
+    if not isinstance(meta, dict):
+        return None
+    group = meta.get("group", meta.get("pair"))
+    return None if group is None or isinstance(group, bool) else str(group)
 
 
 # --------------------------------------------------------------------------------------------
@@ -324,9 +341,11 @@ class ShardDataset(IterableDataset):
         resampled: bool = False,
         pattern: str = "",
         epoch_samples: int | None = None,
+        group_batching: bool = False,
     ) -> None:
         super().__init__()
         self.shards = list(shards)
+        self.group_batching = group_batching
         self.decoder = decoder
         self.collate = collate
         self.batch_size = batch_size
@@ -413,31 +432,49 @@ class ShardDataset(IterableDataset):
         else:
             yield from self._iter_eval(worker, rng, counter)
 
-    def _raw_train(self, shards: list[Shard], rng: random.Random, counter: BadSampleCounter) -> Iterator[dict]:
-        """Raw samples, shuffled one pass over the worker's shards at a time.
+    def _raw_train(self, shards: list[Shard], rng: random.Random, counter: BadSampleCounter) -> Iterator[list[dict]]:
+        """Units of raw samples (a group, or one sample), shuffled one pass over the worker's shards at a time.
 
         The shuffle buffer is flushed at the end of each pass, so a sample is repeated only after
         every sample of the worker's shards has come out once.
         """
         if self.resampled:
-            yield from shuffle_buffer(self._resampled(rng, counter), self.shuffle_buffer, rng)
+            yield from shuffle_buffer(self._units(self._resampled(rng, counter)), self.shuffle_buffer, rng)
             return
         cycle = 0
         while True:
             order = list(shards)
             if cycle:
                 rng.shuffle(order)
-            one_pass = (raw for shard in order for raw in iter_tar(shard.url, counter))
+            one_pass = self._units(raw for shard in order for raw in iter_tar(shard.url, counter))
             yielded = 0
-            for raw in shuffle_buffer(one_pass, self.shuffle_buffer, rng):
+            for unit in shuffle_buffer(one_pass, self.shuffle_buffer, rng):
                 yielded += 1
-                yield raw
+                yield unit
             if yielded == 0:
                 raise TooManyBadSamples(
                     f"training shards {[s.url for s in shards]} (pattern {self.pattern!r}) yielded no "
                     f"readable samples: {counter}"
                 )
             cycle += 1
+
+    def _units(self, raws: Iterator[dict]) -> Iterator[list[dict]]:
+        """With `group_batching`, consecutive samples of one shard that share a group form one unit, which the
+        shuffle buffer moves and the batcher places as a whole; otherwise every sample is a unit of its own."""
+        if not self.group_batching:
+            yield from ([raw] for raw in raws)
+            return
+        unit: list[dict] = []
+        current: str | None = None
+        for raw in raws:
+            group = raw_group(raw)
+            if unit and (group is None or group != current or raw["__shard__"] != unit[0]["__shard__"]):
+                yield unit
+                unit = []
+            unit.append(raw)
+            current = group
+        if unit:
+            yield unit
 
     def _resampled(self, rng: random.Random, counter: BadSampleCounter) -> Iterator[dict]:
         """Endless samples from shards drawn with replacement."""
@@ -462,26 +499,38 @@ class ShardDataset(IterableDataset):
         if quota <= 0:
             return
         pending: list[dict[str, Any]] = []
+        carried: list[list[dict[str, Any]]] = []  # whole groups that did not fit the batch being filled
         done = 0
         streak = 0  # consecutive bad samples: a worker must not spin forever on a broken corpus
-        for raw in self._raw_train(shards, rng, counter):
-            sample = self._decode(raw, rng, counter)
-            if sample is None:
-                streak += 1
-                if streak >= max(1000, 2 * sum(s.samples for s in shards)):
-                    raise TooManyBadSamples(
-                        f"training worker {worker} of rank {self.rank}: {streak} bad samples in a row "
-                        f"from {self.pattern!r}: {counter}"
-                    )
-                continue
-            streak = 0
-            pending.append(sample)
-            if len(pending) == self.batch_size:
+        for raws in self._raw_train(shards, rng, counter):
+            unit = []
+            for raw in raws:
+                sample = self._decode(raw, rng, counter)
+                if sample is None:
+                    streak += 1
+                    if streak >= max(1000, 2 * sum(s.samples for s in shards)):
+                        raise TooManyBadSamples(
+                            f"training worker {worker} of rank {self.rank}: {streak} bad samples in a row "
+                            f"from {self.pattern!r}: {counter}"
+                        )
+                    continue
+                streak = 0
+                unit.append(sample)
+            for part in (unit[i : i + self.batch_size] for i in range(0, len(unit), self.batch_size)):
+                if len(pending) + len(part) <= self.batch_size:
+                    pending.extend(part)
+                else:
+                    carried.append(part)
+            while len(pending) == self.batch_size:
                 yield self._batch(pending, counter)
-                pending = []
                 done += 1
                 if done >= quota:
                     return
+                pending = []
+                for part in list(carried):  # groups held back start the next batch, in arrival order
+                    if len(pending) + len(part) <= self.batch_size:
+                        pending.extend(part)
+                        carried.remove(part)
 
     def _batch(self, samples: list[dict[str, Any]], counter: BadSampleCounter) -> dict[str, Any]:
         """Collate, and hand over the bad-sample counts gathered since the previous batch."""

@@ -279,6 +279,7 @@ class _ShardFile:
         self.samples = 0
         self.inputs: list[str] = []
         self.skipped: list[dict[str, str]] = []
+        self.last_group: str | None = None  # a group is never split across shards
 
     def projected_size(self, extra: int) -> int:
         """Size of the finished tar if `extra` more member bytes (headers included) were added:
@@ -337,6 +338,12 @@ def _load_progress(out: Path, build_options: dict[str, Any]) -> list[dict[str, A
     return list(progress.get("shards", []))
 
 
+def clip_group(clip: ClipSource) -> str | None:
+    """The hard-negative group a clip declares in its metadata (`group`; the synthetic set calls it `pair`)."""
+    group = clip.extra.get("group", clip.extra.get("pair"))
+    return None if group is None else str(group)
+
+
 def write_shards(samples: Iterable[ClipSource], out_dir: str | os.PathLike[str], *,
                  prefix: str = "shard", samples_per_shard: int = DEFAULT_SAMPLES_PER_SHARD,
                  max_shard_bytes: int | None = None, workers: int = 0,
@@ -355,7 +362,9 @@ def write_shards(samples: Iterable[ClipSource], out_dir: str | os.PathLike[str],
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    clips = sorted(samples, key=lambda c: c.key)  # stable: the first duplicate key wins
+    # stable: the first duplicate key wins; members of a group sit next to each other (group batching reads them so)
+    clips = sorted(samples, key=lambda c: (clip_group(c) or c.key, c.key))
+    group_of = {c.key: clip_group(c) for c in clips}
     for clip in clips:
         if safe_key(clip.key) != clip.key:
             raise ValueError(f"sample key {clip.key!r} (from {clip.path}) may only hold letters, "
@@ -428,6 +437,11 @@ def write_shards(samples: Iterable[ClipSource], out_dir: str | os.PathLike[str],
                 inputs.append(item.key)
                 skips.append(_skip_entry(item))
             else:
+                group = group_of.get(item.key)
+                if (current is not None and current.samples >= samples_per_shard
+                        and (group is None or group != current.last_group)):
+                    finish(current)  # full, and not in the middle of a group
+                    current = None
                 if (current is not None and max_shard_bytes is not None
                         and current.projected_size(item.size_in_tar) > max_shard_bytes):
                     finish(current)
@@ -438,10 +452,8 @@ def write_shards(samples: Iterable[ClipSource], out_dir: str | os.PathLike[str],
                     pending_inputs, pending_skips = [], []
                 current.add(item)
                 current.inputs.append(item.key)
+                current.last_group = group
                 written += 1
-                if current.samples >= samples_per_shard:
-                    finish(current)
-                    current = None
             bar.set_postfix(written=written, skipped=skipped, refresh=False)
         if current is not None:
             finish(current)

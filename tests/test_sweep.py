@@ -156,9 +156,10 @@ def test_print_commands_lists_pending_runs_and_runs_nothing(tmp_path, minimal, c
     first = shlex.split(lines[0])
     assert first == ["python", "-m", "mvclip", "fit", "--config", str(ROOT / "recipes" / "small.yaml"), "--seed_everything", "0",
                      f"--trainer.logger.init_args.save_dir={root}", "--trainer.logger.init_args.name=a",
-                     "--trainer.logger.init_args.version=seed0", "--trainer.max_steps=7",
+                     "--trainer.logger.init_args.version=seed0", "--data.seed=0", "--trainer.max_steps=7",
                      '--model.overrides={"video.stages.3.block": "attention"}', "--data.frames=4"]
     assert [shlex.split(line)[7] for line in lines] == ["0", "0", "1"]  # a seed0, b seed0, b seed1
+    assert [shlex.split(line)[11] for line in lines] == ["--data.seed=0", "--data.seed=0", "--data.seed=1"]  # data order follows
     assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_dir() and not p.name.endswith(".export")) == [
         "a", "a/seed1", "a/seed1/checkpoints", "b", "b/seed0", "b/seed0/checkpoints"]  # nothing new
     assert not (root / "ablation.md").exists()

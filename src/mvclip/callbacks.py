@@ -172,6 +172,52 @@ class FuseExport(Callback):
                 )
 
 
+class TemporalDiagnostics(Callback):
+    """Logs how the temporal parameters learn (TensorBoard `diag/...`), next to the rest of the model.
+
+    Every `every_n_steps` optimizer steps, before gradient clipping: the gradient norm, weight norm and distance
+    from the starting weights of the parameters blocks declare as temporal (`temporal_state`; per video stage and
+    in all) and of all other trainable parameters. A temporal branch that is not learning shows up as a gradient
+    norm near 0 and a distance from init that stays flat while the rest of the model moves.
+    """
+
+    def __init__(self, every_n_steps: int = 10) -> None:
+        super().__init__()
+        if every_n_steps < 1:
+            raise ValueError(f"TemporalDiagnostics.every_n_steps must be >= 1, got {every_n_steps}")
+        self.every_n_steps = every_n_steps
+        self._start: dict[str, torch.Tensor] = {}
+
+    @staticmethod
+    def _part(name: str, temporal: bool) -> str:
+        if not temporal:
+            return "other"
+        parts = name.split(".")
+        return f"temporal/stage{parts[2]}" if parts[:2] == ["video", "stages"] and len(parts) > 2 else "temporal/other"
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        self._start = {n: p.detach().clone() for n, p in pl_module.model.named_parameters() if p.requires_grad}
+
+    def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+        if trainer.global_step % self.every_n_steps or trainer.logger is None or not trainer.is_global_zero:
+            return
+        sums: dict[str, list[float]] = {}
+        for name, param in pl_module.model.named_parameters():
+            if name not in self._start:
+                continue
+            temporal = name in pl_module.temporal_names
+            grad = float(param.grad.detach().float().pow(2).sum()) if param.grad is not None else 0.0
+            row = [grad, float(param.detach().float().pow(2).sum()), float((param.detach() - self._start[name]).float().pow(2).sum())]
+            for part in {self._part(name, temporal), "temporal" if temporal else "other"}:
+                acc = sums.setdefault(part, [0.0, 0.0, 0.0])
+                for i, value in enumerate(row):
+                    acc[i] += value
+        metrics = {}
+        for part, (grad, weight, moved) in sums.items():
+            metrics.update({f"diag/{part}/grad_norm": grad**0.5, f"diag/{part}/weight_norm": weight**0.5, f"diag/{part}/moved": moved**0.5})
+        trainer.logger.log_metrics(metrics, step=trainer.global_step)
+
+
 def _describe_unfolded(unfolded: dict[str, Any]) -> str:
     """`12 LayerNorm` style summary of the normalization layers reparameterization could not fold."""
     return ", ".join(f"{n} {kind}" for kind, n in sorted(unfolded["norms"].items())) or "no normalization layers"

@@ -15,11 +15,13 @@ from mvclip.errors import ConfigError
 from mvclip.freezing import FreezePlan, apply_freezing, plan_freezing
 from mvclip.loss import VideoTextContrastiveLoss, clamp_logit_scale_
 from mvclip.metrics import RetrievalMetric, print_table
-from mvclip.pretrained import PretrainedReport, load_pretrained
+from mvclip.pretrained import PretrainedReport, declared_keys, load_pretrained
 from mvclip.schedule import warmup_cosine
+from mvclip.temporal_metrics import TemporalMetric, shuffle_order
 from mvclip.zeroshot import DEFAULT_TEMPLATES, ZeroShotAccuracy, build_classifier
 
 _NO_DECAY_NAMES = ("layer_scale", "logit_scale", "tpe", "positional_embedding")
+TEMPORAL_EVAL = ("reverse", "shuffle")
 
 
 class VideoTextModule(L.LightningModule):
@@ -40,7 +42,12 @@ class VideoTextModule(L.LightningModule):
         init_from: an mvclip checkpoint to start from (fine-tuning), loaded after `pretrained`; `init_strict` applies
             to both; `pretrained_lr_mult` scales the learning rate of parameters that came from either file
             relative to new ones. An explicit `logit_scale` wins over the files' value.
+        temporal_lr_mult: learning-rate multiplier for the parameters blocks declare as temporal (`temporal_state`:
+            temporal convs, TPE, side networks), on top of `pretrained_lr_mult` where that applies.
         zero_shot: optional `{class_names: [...], templates: [...]}` evaluated on labelled val/test batches.
+        temporal_eval: order tests run at validation and test (`reverse`, `shuffle`; default both): how far a clip's
+            embedding moves when its frames are reversed or shuffled (`mvclip.temporal_metrics`). Twin accuracy is
+            reported whenever the evaluation samples declare a `group`, at no extra cost.
         gather_with_grad: gather features across ranks with gradients (open_clip's local loss scheme).
     """
 
@@ -63,7 +70,9 @@ class VideoTextModule(L.LightningModule):
         init_from: str | None = None,
         init_strict: bool = True,
         pretrained_lr_mult: float = 1.0,
+        temporal_lr_mult: float = 1.0,
         zero_shot: dict[str, Any] | None = None,
+        temporal_eval: list[str] | None = None,
         gather_with_grad: bool = True,
     ) -> None:
         super().__init__()
@@ -97,6 +106,13 @@ class VideoTextModule(L.LightningModule):
         self.loss = VideoTextContrastiveLoss(gather_with_grad=gather_with_grad)
         self.val_retrieval = RetrievalMetric()
         self.test_retrieval = RetrievalMetric()
+        self.temporal_eval = tuple(TEMPORAL_EVAL if temporal_eval is None else temporal_eval)
+        unknown = set(self.temporal_eval) - set(TEMPORAL_EVAL)
+        if unknown:
+            raise ConfigError(f"model.temporal_eval: {sorted(unknown)} not among {list(TEMPORAL_EVAL)}")
+        self.val_temporal = TemporalMetric()
+        self.test_temporal = TemporalMetric()
+        self.temporal_names = {n for n, _ in self.model.named_parameters()} & declared_keys(self.model, "temporal_state")
         self.zero_shot_cfg = zero_shot
         self.val_zero_shot = ZeroShotAccuracy() if zero_shot else None
         self.test_zero_shot = ZeroShotAccuracy() if zero_shot else None
@@ -141,13 +157,13 @@ class VideoTextModule(L.LightningModule):
         clamp_logit_scale_(self.model.logit_scale, self.max_log_scale)
 
     def parameter_groups(self) -> list[dict[str, Any]]:
-        """AdamW groups: (decay | no decay) x (from `init_from` | new), frozen parameters left out."""
-        groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+        """AdamW groups: (decay | no decay) x (from a file | new) x (temporal | not), frozen parameters left out."""
+        groups: dict[tuple[bool, bool, bool], list[torch.nn.Parameter]] = {}
         for name, param in self.model.named_parameters():
             if not param.requires_grad:
                 continue
             no_decay = param.ndim < 2 or any(key in name for key in _NO_DECAY_NAMES)
-            groups.setdefault((no_decay, name in self.pretrained_names), []).append(param)
+            groups.setdefault((no_decay, name in self.pretrained_names, name in self.temporal_names), []).append(param)
         hp = self.hparams
         if not groups:
             raise ConfigError("model: every parameter is frozen; nothing to train (check model.freeze / model.trainable)")
@@ -155,10 +171,10 @@ class VideoTextModule(L.LightningModule):
             {
                 "params": params,
                 "weight_decay": 0.0 if no_decay else hp.weight_decay,
-                "lr": hp.lr * (hp.pretrained_lr_mult if pretrained else 1.0),
-                "name": f"{'pretrained' if pretrained else 'new'}/{'no_decay' if no_decay else 'decay'}",
+                "lr": hp.lr * (hp.pretrained_lr_mult if pretrained else 1.0) * (hp.temporal_lr_mult if temporal else 1.0),
+                "name": f"{'pretrained' if pretrained else 'new'}{'/temporal' if temporal else ''}/{'no_decay' if no_decay else 'decay'}",
             }
-            for (no_decay, pretrained), params in sorted(groups.items())
+            for (no_decay, pretrained, temporal), params in sorted(groups.items())
         ]
 
     def configure_optimizers(self) -> dict[str, Any]:
@@ -198,14 +214,26 @@ class VideoTextModule(L.LightningModule):
                 self._text_cache[rows[i]] = emb.detach()
         return torch.stack([self._text_cache[r] for r in rows]).to(tokens.device)
 
-    def _eval_step(self, batch: dict[str, Any], retrieval: RetrievalMetric, zero_shot: ZeroShotAccuracy | None) -> None:
-        video_emb = self.model.encode_video(batch["video"], normalize=True)
+    def _eval_step(self, batch: dict[str, Any], retrieval: RetrievalMetric, zero_shot: ZeroShotAccuracy | None,
+                   temporal: TemporalMetric) -> None:
+        video = batch["video"]
+        video_emb = self.model.encode_video(video, normalize=True)
         text_emb = self._encode_eval_text(batch["text"])
         keys = list(batch["key"])
         text_keys = [keys[i] for i in batch["text_video_index"].tolist()]
         retrieval.update(video_emb, keys, text_emb, text_keys)
         if zero_shot is not None and "label" in batch:
             zero_shot.update(video_emb, batch["label"], keys)
+        frames = video.shape[1]
+        reordered = {
+            "reversed_video": video.flip(1) if "reverse" in self.temporal_eval else None,
+            "shuffled_video": video[:, shuffle_order(frames)] if "shuffle" in self.temporal_eval else None,
+        }
+        temporal.update(
+            video_emb, keys, text_emb, batch["text_video_index"], groups=batch.get("group"),
+            captions=[row.cpu().numpy().tobytes().hex() for row in batch["text"]],
+            **{k: self.model.encode_video(v, normalize=True) if v is not None and frames > 1 else None for k, v in reordered.items()},
+        )
 
     def _zero_shot_classifier(self) -> torch.Tensor:
         from mvclip.tokenizer import tokenize
@@ -229,14 +257,18 @@ class VideoTextModule(L.LightningModule):
         self._start_eval(self.test_zero_shot)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, self.val_retrieval, self.val_zero_shot)
+        self._eval_step(batch, self.val_retrieval, self.val_zero_shot, self.val_temporal)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, self.test_retrieval, self.test_zero_shot)
+        self._eval_step(batch, self.test_retrieval, self.test_zero_shot, self.test_temporal)
 
-    def _finish_eval(self, stage: str, retrieval: RetrievalMetric, zero_shot: ZeroShotAccuracy | None) -> None:
+    def _finish_eval(self, stage: str, retrieval: RetrievalMetric, zero_shot: ZeroShotAccuracy | None,
+                     temporal: TemporalMetric) -> None:
         results = dict(retrieval.compute())
         retrieval.reset()
+        if temporal.update_called:
+            results.update({f"temporal/{k}": v for k, v in temporal.compute().items()})
+            temporal.reset()
         if zero_shot is not None and zero_shot.update_called:
             results.update({f"zeroshot/{k}": v for k, v in zero_shot.compute().items()})
             zero_shot.reset()
@@ -246,10 +278,10 @@ class VideoTextModule(L.LightningModule):
             print("\n" + print_table(results, title=f"{stage} (epoch {self.current_epoch}, step {self.global_step})"))
 
     def on_validation_epoch_end(self) -> None:
-        self._finish_eval("val", self.val_retrieval, self.val_zero_shot)
+        self._finish_eval("val", self.val_retrieval, self.val_zero_shot, self.val_temporal)
 
     def on_test_epoch_end(self) -> None:
-        self._finish_eval("test", self.test_retrieval, self.test_zero_shot)
+        self._finish_eval("test", self.test_retrieval, self.test_zero_shot, self.test_temporal)
 
     # -- prediction -------------------------------------------------------------------------
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-__all__ = ["RetrievalMetric", "stable_hash", "hash_keys", "rank_stats", "print_table"]
+__all__ = ["RetrievalMetric", "stable_hash", "hash_keys", "first_occurrence", "rank_stats", "print_table"]
 
 _RECALL_KS = (1, 5, 10)
 
@@ -31,7 +31,7 @@ def hash_keys(keys: Sequence[str], device: torch.device | str | None = None) -> 
     return torch.tensor([stable_hash(k) for k in keys], dtype=torch.int64, device=device).reshape(-1)
 
 
-def _first_occurrence(ids: Tensor) -> Tensor:
+def first_occurrence(ids: Tensor) -> Tensor:
     """Indices of the first occurrence of every distinct id, in order of appearance (order-independent metrics)."""
     if ids.numel() == 0:
         return ids.new_zeros(0)
@@ -156,9 +156,9 @@ class RetrievalMetric(Metric):
         text_video_ids = dim_zero_cat(self.text_video_ids).long()
         text_ids = dim_zero_cat(self.text_ids).long()
 
-        keep_v = _first_occurrence(video_ids)
+        keep_v = first_occurrence(video_ids)
         video, video_ids = video[keep_v], video_ids[keep_v]
-        keep_t = _first_occurrence(text_ids)
+        keep_t = first_occurrence(text_ids)
         text, text_video_ids = text[keep_t], text_video_ids[keep_t]
         if text.shape[0] == 0:
             raise ValueError("RetrievalMetric: no captions were given")
@@ -253,29 +253,27 @@ def _markdown(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def print_table(results: dict[str, float], title: str) -> str:
-    """Results as an aligned Markdown table (returned, not printed, so the caller decides which rank logs it).
+    """Results as aligned Markdown tables (returned, not printed, so the caller decides which rank logs it).
 
-    Keys shaped `row/column` (e.g. `t2v/R@1`) form one wide table with a row per prefix; the other
-    keys (e.g. `num_videos`) follow as a name/value table.
+    Keys shaped `row/column` (e.g. `t2v/R@1`) form wide tables, one per set of columns (retrieval rows share one;
+    `zeroshot/*` and `temporal/*` get their own); the other keys (e.g. `num_videos`) follow as a name/value table.
     """
     grouped: dict[str, dict[str, float]] = {}
-    columns: list[str] = []
     plain: list[tuple[str, float]] = []
     for key, value in results.items():
         value = value.item() if isinstance(value, Tensor) else value
         if "/" in key:
             row, col = key.rsplit("/", 1)
             grouped.setdefault(row, {})[col] = value
-            if col not in columns:
-                columns.append(col)
         else:
             plain.append((key, value))
-    lines = [f"### {title}", ""]
-    if grouped:
-        body = [[row] + [_format_value(vals[c]) if c in vals else "" for c in columns] for row, vals in grouped.items()]
-        lines += _markdown(["", *columns], body)
+    tables: dict[tuple[str, ...], list[str]] = {}  # column set -> its rows, in order of first appearance
+    for row, vals in grouped.items():
+        tables.setdefault(tuple(vals), []).append(row)
+    lines = [f"### {title}"]
+    for columns, rows in tables.items():
+        body = [[row] + [_format_value(grouped[row][c]) for c in columns] for row in rows]
+        lines += ["", *_markdown(["", *columns], body)]
     if plain:
-        if grouped:
-            lines.append("")
-        lines += _markdown(["metric", "value"], [[k, _format_value(v, integral_as_int=True)] for k, v in plain])
+        lines += ["", *_markdown(["metric", "value"], [[k, _format_value(v, integral_as_int=True)] for k, v in plain])]
     return "\n".join(lines)

@@ -70,7 +70,11 @@ QUALITY = (
     ("v2t_r1", "V2T R@1", ("validation", "val/v2t/R@1"), 1.0),
     ("v2t_r5", "V2T R@5", ("validation", "val/v2t/R@5"), 1.0),
     ("zs_top1", "ZS top-1", ("validation", "val/zeroshot/top1"), 1.0),
+    ("twin_acc", "twin acc", ("validation", "val/temporal/twin_acc"), 1.0),
+    ("reverse", "reverse Δ", ("validation", "val/temporal/reverse"), 1.0),
 )
+# columns shown only when some run reported them (datasets without labels or groups, older exports)
+OPTIONAL_QUALITY = ("zs_top1", "twin_acc", "reverse")
 COSTS = (
     ("params_trainable_m", ("params", "trainable"), 1e-6),
     ("params_total_m", ("params", "total"), 1e-6),
@@ -306,6 +310,8 @@ def plan_runs(sweep: Sweep, root: Path, variants: Sequence[str] | None = None) -
                 f"--trainer.logger.init_args.version=seed{seed}",
             ]
             overrides = sweep.variant_overrides(variant)
+            if "data.seed" not in overrides:  # the seed varies the data order and augmentation too, not only the init
+                args.append(f"--data.seed={seed}")
             args += [f"--{key}={cli_value(value)}" for key, value in overrides.items()]
             runs.append(Run(variant, seed, root / variant / f"seed{seed}", args, sweep.base, overrides))
     return runs
@@ -600,11 +606,11 @@ def _cost(stat: Stat, digits: int = 2) -> str:
 
 
 def table_rows(sweep: Sweep, rows: Sequence[VariantRow]) -> tuple[list[str], list[list[str]]]:
-    has_zs = any(row.stats["zs_top1"].n for row in rows)
+    shown = [(key, label) for key, label, *_ in QUALITY if key in OPTIONAL_QUALITY and any(row.stats[key].n for row in rows)]
     header = ["variant", "T2V R@1"]
     if sweep.baseline:
         header.append(f"vs {sweep.baseline}")
-    header += ["T2V R@5", "V2T R@1", "V2T R@5"] + (["ZS top-1"] if has_zs else [])
+    header += ["T2V R@5", "V2T R@1", "V2T R@5"] + [label for _, label in shown]
     header += ["params M (train / total)", "GFLOPs / clip", "fused CPU ms", "train min", "peak MB", "seeds ok / failed", "status"]
     body = []
     for row in rows:
@@ -613,7 +619,7 @@ def table_rows(sweep: Sweep, rows: Sequence[VariantRow]) -> tuple[list[str], lis
         cells = [name, s["t2v_r1"].text()]
         if sweep.baseline:
             cells.append("–" if row.ratio is None else f"{row.ratio:.2f}×")
-        cells += [s["t2v_r5"].text(), s["v2t_r1"].text(), s["v2t_r5"].text()] + ([s["zs_top1"].text()] if has_zs else [])
+        cells += [s["t2v_r5"].text(), s["v2t_r1"].text(), s["v2t_r5"].text()] + [s[key].text() for key, _ in shown]
         params = "–" if s["params_total_m"].mean is None else f"{_cost(s['params_trainable_m'])} / {_cost(s['params_total_m'])}"
         cells += [params, _cost(s["flops_video_g"], 3), _cost(s["latency_fused_ms"]), _cost(s["train_time_min"], 1),
                   _cost(s["peak_memory_mb"], 0), f"{row.done} / {row.failed}", _short(row.status, 90)]
@@ -644,8 +650,16 @@ def _notes(sweep: Sweep, rows: Sequence[VariantRow]) -> list[str]:
     clip = "; ".join(f"{f} frames at {res} px" for f, res in inputs) or "see the recipe"
     notes = [
         f"Validation retrieval (%) of each run's `{sweep.checkpoint}` checkpoint; mean ± sample std over seeds [{seeds}] "
-        f"(a single value when one seed finished).",
+        f"(a single value when one seed finished); a seed sets the initialization, the data order and the augmentation "
+        f"(`--seed_everything S --data.seed=S`).",
     ]
+    if any(row.stats["twin_acc"].n or row.stats["reverse"].n for row in rows):
+        notes.append(
+            "`twin acc`: how often a clip is closer to its own captions than to its group partner's (its time-reversed "
+            "twin on the synthetic set; about 50 % for a model blind to frame order); `reverse Δ`: how far a clip's "
+            "embedding moves when its frames are reversed, in % of the mean distance between different clips (0 for a "
+            "frame-mean model). See `mvclip.temporal_metrics`."
+        )
     if sweep.baseline:
         notes.append(f"`vs {sweep.baseline}`: mean T2V R@1 divided by the baseline's.")
     notes.append(

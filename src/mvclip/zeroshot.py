@@ -14,7 +14,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from mvclip.metrics import _first_occurrence, hash_keys
+from mvclip.metrics import first_occurrence, hash_keys
 
 __all__ = ["DEFAULT_TEMPLATES", "build_classifier", "ZeroShotAccuracy"]
 
@@ -130,7 +130,7 @@ class ZeroShotAccuracy(Metric):
         key_ids = dim_zero_cat(self.key_ids).long()
         has_key = dim_zero_cat(self.has_key) != 0
         keyed = torch.nonzero(has_key).flatten()
-        keep = torch.cat([keyed[_first_occurrence(key_ids[keyed])], torch.nonzero(~has_key).flatten()])
+        keep = torch.cat([keyed[first_occurrence(key_ids[keyed])], torch.nonzero(~has_key).flatten()])
         ranks = ranks[keep].to(torch.float64)
         if ranks.numel() == 0:
             raise ValueError("ZeroShotAccuracy: no samples")

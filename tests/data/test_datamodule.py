@@ -326,3 +326,65 @@ def test_transforms_same_crop_for_all_frames_and_eval_centre_crop() -> None:
         assert o[0, 0, 0, -1] > o[0, 0, 0, 0]
     flips = [VideoTransform(32, train=True, hflip=True)(ramp, random.Random(s))[0, 0, 0] for s in range(20)]
     assert any(f[-1] < f[0] for f in flips)
+
+
+# ---------------------------------------------------------------------------------------------
+# Group batching: declared hard negatives (a clip and its twin) always share a training batch
+@pytest.fixture(scope="module")
+def grouped_shards(tmp_path_factory: pytest.TempPathFactory, clip_bytes: bytes) -> Path:
+    """48 clips in 24 groups of two, given to the real writer in scrambled order with groups whose names sort
+    apart from their keys; 6 per shard = 8 shards. The writer must keep each group together in one shard."""
+    root = tmp_path_factory.mktemp("grouped")
+    (root / "videos").mkdir()
+    sources = []
+    for i in range(48):
+        path = root / "videos" / f"v{i:02d}.mp4"
+        path.write_bytes(clip_bytes)
+        group = f"g{(i * 7) % 24:02d}"  # members of a group are far apart in key order
+        sources.append(ClipSource(key=f"v{i:02d}", path=path, captions=[f"clip {i}"], extra={"group": group}))
+    write_shards(sources[::-1], root / "shards", prefix="train", samples_per_shard=6, progress=False)
+    return root / "shards"
+
+
+def _group_of(key: str) -> str:
+    return f"g{(int(key[1:]) * 7) % 24:02d}"
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_group_batching_keeps_groups_together_without_losing_or_repeating_samples(grouped_shards: Path, monkeypatch, world: int) -> None:
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+    for epoch in (0, 1):
+        keys: list[str] = []
+        for rank in range(world):
+            monkeypatch.setenv("RANK", str(rank))
+            dm = _dm(train=str(grouped_shards), batch_size=4, shuffle_buffer=8, group_batching=True, num_workers=2 if world == 1 else 1)
+            dm.setup("fit")
+            loader = dm.train_dataloader()
+            loader.set_epoch(epoch)
+            batches = list(loader)
+            assert len(batches) == 48 // (world * 4)
+            for batch in batches:
+                assert collections.Counter(batch["group"]) == collections.Counter({g: 2 for g in batch["group"]})
+                assert batch["group"] == [_group_of(k) for k in batch["key"]]
+            keys += [k for b in batches for k in b["key"]]
+        assert collections.Counter(keys) == collections.Counter(f"v{i:02d}" for i in range(48))
+
+
+def test_without_group_batching_groups_split_across_batches(grouped_shards: Path) -> None:
+    """The check above can fail: plain shuffling separates partners."""
+    dm = _dm(train=str(grouped_shards), batch_size=4, shuffle_buffer=8)
+    dm.setup("fit")
+    batches = list(dm.train_dataloader())
+    assert any(len(set(b["group"])) > len(b["group"]) // 2 for b in batches)
+
+
+def test_writer_never_splits_a_group_across_shards(grouped_shards: Path) -> None:
+    import tarfile
+
+    seen: dict[str, str] = {}
+    for shard in sorted(grouped_shards.glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            for name in tar.getnames():
+                group = _group_of(name.split(".")[0])
+                assert seen.setdefault(group, shard.name) == shard.name
+    assert len(seen) == 24
