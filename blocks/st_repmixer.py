@@ -1,6 +1,7 @@
 """Spatiotemporal RepMixer (MobileViCLIP): a depthwise temporal conv branch before the spatial RepMixer."""
 from __future__ import annotations
 
+import copy
 from typing import ClassVar
 
 import torch
@@ -12,36 +13,61 @@ from mvclip.blocks.repmixer import RepMixerBlock
 from mvclip.registry import register_block
 
 
+TEMPORAL_INITS = ("zero", "mirror", "active")
+
+
 class TemporalMixer(nn.Module):
-    """`x + BN(dwconv_t(x))` over frames (k x 1 x 1, zero padding). Conv before BN keeps the fold exact
-    at the first and last frame; BN's weight starts at 0 so the branch starts as exactly zero.
+    """`x + branch(x)`, a depthwise conv over frames (k x 1 x 1, zero padding) then BatchNorm. Conv before BN keeps
+    the fold exact at the first and last frame.
+
+    `init` decides how the branch starts (docs/blocks.md, "Starting the temporal branch", has the measurements):
+    - `zero`: BN weight 0. Exactly the identity, but the conv gets no gradient until the BN weight has grown, and
+      under contrastive training it barely grows.
+    - `mirror`: `branch(x) = BN_a(conv_a(x)) - BN_b(conv_b(x))` with b a copy of a and BN weights 1. Exactly the
+      identity too (two identical computations cancel bit for bit), and both convs and both BN weights get their full
+      gradient from the first step; the difference folds into the same single conv.
+    - `active`: BN weight 1. Random temporal mixing at full strength from the start: not the identity, so only for
+      models trained from scratch.
 
     `temporal_state` names this module's state an image checkpoint never has ("" = all of it), so
     `mvclip.load_pretrained` reports it as newly initialized rather than missing."""
 
     temporal_state: ClassVar[tuple[str, ...]] = ("",)
 
-    def __init__(self, dim: int, kernel_size: int = 3, inference_mode: bool = False) -> None:
+    def __init__(self, dim: int, kernel_size: int = 3, inference_mode: bool = False, init: str = "zero") -> None:
         super().__init__()
-        self.dim, self.kernel_size = dim, kernel_size
+        if init not in TEMPORAL_INITS:
+            raise ValueError(f"temporal_init must be one of {TEMPORAL_INITS}, got {init!r}")
+        self.dim, self.kernel_size, self.init = dim, kernel_size, init
         conv = conv_norm(dim, dim, (kernel_size, 1, 1), groups=dim, ndim=3, inference_mode=inference_mode)
         self.branch: nn.Module | None = None if inference_mode else conv
         self.reparam_conv: nn.Conv3d | None = conv if inference_mode else None
-        if self.branch is not None:
+        self.mirror: nn.Module | None = None
+        if self.branch is not None and init == "zero":
             nn.init.zeros_(self.branch.bn.weight)
+        if self.branch is not None and init == "mirror":
+            self.mirror = copy.deepcopy(self.branch)
 
     def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
         clip = rearrange(x, "(b t) c h w -> b c t h w", t=frames)
-        clip = self.reparam_conv(clip) if self.reparam_conv is not None else clip + self.branch(clip)
+        if self.reparam_conv is not None:
+            clip = self.reparam_conv(clip)
+        elif self.mirror is not None:
+            clip = clip + (self.branch(clip) - self.mirror(clip))
+        else:
+            clip = clip + self.branch(clip)
         return rearrange(clip, "b c t h w -> (b t) c h w")
 
     def reparameterize(self) -> None:
         if self.reparam_conv is not None:
             return
         kernel, bias = self.branch.fused_kernel_bias()
+        if self.mirror is not None:
+            mirror_kernel, mirror_bias = self.mirror.fused_kernel_bias()
+            kernel, bias = kernel - mirror_kernel, bias - mirror_bias
         kernel = kernel + identity_kernel(self.dim, 1, (self.kernel_size, 1, 1), kernel)
         self.reparam_conv = conv_like(self.branch.conv, kernel, bias)
-        self.branch = None
+        self.branch = self.mirror = None
         detach_parameters(self)
 
 
@@ -57,10 +83,11 @@ class STRepMixerBlock(RepMixerBlock):
         ffn_kernel_size: int = 7,
         layer_scale_init: float = 1e-5,
         temporal_kernel_size: int = 3,
+        temporal_init: str = "zero",
         inference_mode: bool = False,
     ) -> None:
         super().__init__(dim, kernel_size, mlp_ratio, ffn_kernel_size, layer_scale_init, inference_mode)
-        self.temporal_mixer = TemporalMixer(dim, temporal_kernel_size, inference_mode)
+        self.temporal_mixer = TemporalMixer(dim, temporal_kernel_size, inference_mode, temporal_init)
 
     def forward(self, x: torch.Tensor, frames: int = 1) -> torch.Tensor:
         return super().forward(self.temporal_mixer(x, frames), frames)

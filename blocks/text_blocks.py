@@ -48,10 +48,11 @@ class TextTransformerLayer(nn.Module):
         self.norm_ffn = nn.LayerNorm(dim)
         self.ffn = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`attn_mask`: boolean, True where a query may attend to a key (the text encoder's `attention_mask`)."""
         batch, length, dim = x.shape
         qkv = self.qkv(self.norm_attn(x)).reshape(batch, length, 3, self.num_heads, dim // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        attn = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, length, dim)
+        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask).transpose(1, 2).reshape(batch, length, dim)
         x = x + self.out_proj(attn)
         return x + self.ffn(self.norm_ffn(x))

@@ -81,3 +81,31 @@ def test_summary_rows_add_up(tiny_model_config):
     assert video_rows[1].output_shape == (4, 16, 16, 16)
     assert all(r.flops_fused <= r.flops for r in rows) and sum(r.flops for r in video_rows) > 0
 
+
+
+def _transformer_text_model(mask: str):
+    cfg = {"embed_dim": 16, "video": {"stem": {"block": "mobileone_stem"}, "stages": [{"block": "repmixer", "dim": 8}],
+                                      "head": {"block": "mci_head"}},
+           "text": {"width": 32, "attention_mask": mask, "stages": [{"block": "text_transformer", "depth": 2, "num_heads": 2}]}}
+    torch.manual_seed(0)
+    return mvclip.build_model(cfg).eval()
+
+
+@pytest.mark.parametrize("mask", ["padding", "causal"])
+def test_text_attention_masks_make_the_caption_independent_of_what_follows_its_end(mask):
+    tokens = mvclip.tokenize(["a red circle moves to the left", "a green square grows"])
+    other = tokens.clone()
+    other[tokens == 0] = 320  # a real word where the padding was
+    cut = tokens[:, : int(tokens.argmax(-1).max()) + 1]  # the captions without their padding
+    with torch.no_grad():
+        masked = _transformer_text_model(mask)
+        got = masked.encode_text(tokens)
+        assert torch.allclose(got, masked.encode_text(other), atol=1e-6)
+        assert torch.allclose(got, masked.encode_text(cut), atol=1e-6)
+        unmasked = _transformer_text_model("none")  # the check can fail: MCt attends to the padding too
+        assert not torch.allclose(unmasked.encode_text(tokens), unmasked.encode_text(other), atol=1e-3)
+
+
+def test_text_attention_mask_is_checked_when_the_model_is_built():
+    with pytest.raises(mvclip.ConfigError, match=r"model.text.attention_mask: expected one of \['none', 'padding', 'causal'\]"):
+        _transformer_text_model("pad")

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
 from mvclip.errors import ConfigError
-from mvclip.model import Stage, TextEncoder, VideoEncoder, VideoTextModel
+from mvclip.model import TEXT_ATTENTION_MASKS, Stage, TextEncoder, VideoEncoder, VideoTextModel
 from mvclip.registry import REGISTRY, BlockEntry
 from mvclip.side import FUSION_LAYERS, FUSION_POINTS, SideClassificationHead, SideNetwork, SideRetrievalHead, SideStem, SideVideoEncoder, fusion_indices
 from mvclip.side.network import FusionLayer
@@ -28,7 +28,7 @@ VIDEO_KEYS = {"in_channels", "num_frames", "stem", "stages", "head", "side"}
 SIDE_KEYS = {"width", "depth", "block", "fusion", "fusion_every", "fusion_points", "patch_size", "grid", "head", "num_classes", "train_projection"}
 SIDE_HEADS = ("retrieval", "classification")
 VIDEO_STAGE_KEYS = {"block", "depth", "dim", "downsample", "pos_embed"}
-TEXT_KEYS = {"vocab_size", "context_length", "width", "stages"}
+TEXT_KEYS = {"vocab_size", "context_length", "width", "stages", "attention_mask"}
 TEXT_STAGE_KEYS = {"block", "depth"}
 
 
@@ -271,7 +271,10 @@ def _plan_text(cfg: Any, path: str, embed_dim: int, inference_mode: bool = False
         "context_length": _positive_int(cfg.get("context_length", 77), f"{path}.context_length"),
         "width": width,
         "embed_dim": embed_dim,
+        "attention_mask": cfg.get("attention_mask", "none"),
     }
+    if args["attention_mask"] not in TEXT_ATTENTION_MASKS:
+        raise ConfigError(f"{path}.attention_mask: expected one of {list(TEXT_ATTENTION_MASKS)}, got {args['attention_mask']!r}")
     stages = cfg.get("stages") or []
     if not isinstance(stages, (list, ListConfig)):
         raise ConfigError(f"{path}.stages: expected a list of {{block: ..., depth: N}} mappings")

@@ -5,6 +5,7 @@ blocks fill it comes from YAML through `mvclip.builder.build_model`.
 """
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -62,11 +63,45 @@ class VideoEncoder(nn.Module):
         return per_frame.reshape(batch, frames, -1).mean(dim=1)
 
 
-class TextEncoder(nn.Module):
-    """Token ids (B, L) -> (B, D): token + position embeddings, blocks, LayerNorm, read at the end token, projection."""
+TEXT_ATTENTION_MASKS = ("none", "padding", "causal")
 
-    def __init__(self, blocks: list[nn.Module], vocab_size: int = 49408, context_length: int = 77, width: int = 512, embed_dim: int = 512) -> None:
+
+def text_attention_mask(tokens: torch.Tensor, kind: str) -> torch.Tensor | None:
+    """Boolean mask (True = may attend) for the text blocks that take one, from (B, L) token ids.
+
+    `padding`: every token attends to the caption up to its end token, never to the padding after it (a caption's
+    embedding then depends on its words alone); `causal`: each token attends to itself and earlier tokens, as in
+    OpenAI's CLIP, so the end token still sees the whole caption; `none`: MobileCLIP's MCt, which attends to all 77
+    positions, padding included."""
+    if kind == "none":
+        return None
+    positions = torch.arange(tokens.shape[1], device=tokens.device)
+    if kind == "padding":
+        return (positions[None, :] <= tokens.argmax(dim=-1)[:, None])[:, None, None, :]
+    if kind == "causal":
+        return (positions[None, :] <= positions[:, None])[None, None]
+    raise ValueError(f"attention_mask must be one of {TEXT_ATTENTION_MASKS}, got {kind!r}")
+
+
+class TextEncoder(nn.Module):
+    """Token ids (B, L) -> (B, D): token + position embeddings, blocks, LayerNorm, read at the end token, projection.
+
+    `attention_mask` (see `text_attention_mask`) reaches the blocks whose forward takes an `attn_mask` argument."""
+
+    def __init__(
+        self,
+        blocks: list[nn.Module],
+        vocab_size: int = 49408,
+        context_length: int = 77,
+        width: int = 512,
+        embed_dim: int = 512,
+        attention_mask: str = "none",
+    ) -> None:
         super().__init__()
+        if attention_mask not in TEXT_ATTENTION_MASKS:
+            raise ValueError(f"attention_mask must be one of {TEXT_ATTENTION_MASKS}, got {attention_mask!r}")
+        self.attention_mask = attention_mask
+        self._takes_mask = [("attn_mask" in inspect.signature(b.forward).parameters) for b in blocks]
         self.context_length = context_length
         self.token_embedding = nn.Embedding(vocab_size, width)
         self.positional_embedding = nn.Parameter(torch.empty(context_length, width))
@@ -81,8 +116,9 @@ class TextEncoder(nn.Module):
         if tokens.dim() != 2 or tokens.shape[1] > self.context_length:
             raise ValueError(f"expected token ids of shape (B, L<={self.context_length}), got {tuple(tokens.shape)}")
         x = self.token_embedding(tokens) + self.positional_embedding[: tokens.shape[1]]
-        for block in self.blocks:
-            x = block(x)
+        mask = text_attention_mask(tokens, self.attention_mask)
+        for block, takes_mask in zip(self.blocks, self._takes_mask):
+            x = block(x, attn_mask=mask) if takes_mask and mask is not None else block(x)
         x = self.final_norm(x)
         # CLIP reads the sequence at its end token, the largest id in every row.
         x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]

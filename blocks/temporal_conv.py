@@ -1,0 +1,38 @@
+"""A depthwise convolution over frames, computed on the per-frame layout the rest of the network uses.
+
+The video encoder keeps clips as (B*T, C, H, W). A `Conv3d` with a (K, 1, 1) depthwise kernel needs
+(B, C, T, H, W), and the two rearranges around it copy the whole feature map twice. A kernel that is
+1 x 1 in space is a weighted sum of time-shifted copies of the same map, so it can run on the free
+(B, T, C, H, W) view as K shifted multiply-adds, with zero padding at the clip borders exactly as the
+`Conv3d` definition has it (`tests/test_temporal_conv.py` checks borders and T = 1..16).
+"""
+from __future__ import annotations
+
+import torch
+
+
+def temporal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, frames: int) -> torch.Tensor:
+    """(B*T, C, H, W) -> (B*T, C, H, W): `y[b, t, c] = bias[c] + sum_k weight[c, k] * x[b, t + k - K//2, c]`, zero outside
+    the clip; `weight` is a depthwise Conv3d kernel (C, 1, K, 1, 1) or any (C, K) reshape of it, K odd."""
+    n, channels, height, width = x.shape
+    if n % frames:
+        raise ValueError(f"{n} frames in the batch is not a multiple of the clip length {frames}")
+    taps = weight.reshape(channels, -1)
+    size = taps.shape[1]
+    if size % 2 == 0:
+        raise ValueError(f"temporal kernel size must be odd, got {size}")
+    clip = x.view(n // frames, frames, channels, height, width)
+    centre = size // 2
+    out = clip * taps[:, centre].view(1, 1, channels, 1, 1)
+    if bias is not None:
+        out = out + bias.view(1, 1, channels, 1, 1)
+    for k in range(size):
+        shift = k - centre
+        if shift == 0 or abs(shift) >= frames:
+            continue
+        tap = taps[:, k].view(1, 1, channels, 1, 1)
+        if shift > 0:  # frame t reads frame t + shift; the last `shift` frames read zero padding
+            out[:, : frames - shift] = torch.addcmul(out[:, : frames - shift], clip[:, shift:], tap)
+        else:
+            out[:, -shift:] = torch.addcmul(out[:, -shift:], clip[:, : frames + shift], tap)
+    return out.view(n, channels, height, width)
