@@ -217,12 +217,14 @@ def test_export_rebuilds_from_the_checkpoint_config_when_the_yaml_was_edited_or_
             torch.testing.assert_close(load_export(tmp_path / name).encode_video(clip, normalize=True), expected, atol=1e-5, rtol=0)
 
 
-def test_a_module_refuses_the_checkpoint_of_another_model(checkpoint, tiny_model_config):
+def test_a_module_refuses_the_checkpoint_of_another_model(checkpoint, tiny_model_config, model_yaml):
     other = copy.deepcopy(tiny_model_config)
     other["video"]["stages"][0]["depth"] = 2
     saved = torch.load(checkpoint, weights_only=True)
     with pytest.raises(ConfigError, match=r"the checkpoint's model differs from this module's \(video\.stages\[0\]\.depth: 1 in the checkpoint, 2 here\)"):
         VideoTextModule(model=other).on_load_checkpoint(saved)
+    # outside a resumed fit (load_from_checkpoint, fine-tuning) other training settings are fine
+    VideoTextModule(model=str(model_yaml), freeze=["text"], lr=0.1).on_load_checkpoint(saved)
 
 
 # -- resuming: the command line against the checkpoint (one short fit, then resumes) ---------------------------------

@@ -185,9 +185,9 @@ def rescale_learning_rates(trainer: Any, ratio: float) -> None:
 def check_restored_checkpoint(module: Any, checkpoint: dict[str, Any]) -> float | None:
     """`VideoTextModule.on_load_checkpoint`: refuse a checkpoint of another model or other settings (the message names
     the keys), print what changes, re-point moved checkpoint folders. Returns new lr / old lr when lr changed."""
-    trainer = module._trainer
+    trainer = module._trainer  # None for `VideoTextModule.load_from_checkpoint`: loading weights, not resuming
     path = getattr(trainer, "ckpt_path", None) or "the checkpoint"
-    training = trainer is None or str(getattr(trainer.state.fn, "value", trainer.state.fn)) == "fit"
+    training = trainer is not None and str(getattr(trainer.state.fn, "value", trainer.state.fn)) == "fit"
     stored = checkpoint_model_config(checkpoint)
     if stored is not None:
         differences = config_differences(stored, module.portable_model_config)

@@ -24,6 +24,7 @@ from mvclip.resume import (
 )
 
 CHECKPOINT_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+LIGHTNING_ONLY_CKPT_PATHS = ("best", "hpc", "registry")
 
 
 class MVClipCLI(LightningCLI):
@@ -72,10 +73,10 @@ class MVClipCLI(LightningCLI):
 
         path = self._resolved_ckpt_path(subcommand, self.config_init[subcommand]["ckpt_path"])
         if path is None:
-            return  # `last` with nothing to resume from: Lightning warns and starts afresh
+            return  # `last` with nothing to resume from (Lightning warns and starts afresh), or `best`/`hpc`
         checkpoint = read_checkpoint(path)
         self._parse_with_checkpoint_defaults(subcommand, {**saved_hparams(checkpoint), **saved_spec(checkpoint)})
-        args = dict(self.config[subcommand]["model"])
+        args = self.config[subcommand]["model"].as_dict()
         spec = _spec(args)
         stored = model_config_to_build(checkpoint, path, spec, warn=lambda line: print(f"warning: {line}", file=sys.stderr))
         training = subcommand == "fit"
@@ -90,6 +91,8 @@ class MVClipCLI(LightningCLI):
         self.config_init[subcommand]["ckpt_path"] = str(path)  # the file checked is the file restored
 
     def _resolved_ckpt_path(self, subcommand: str, ckpt_path: str) -> Path | None:
+        if str(ckpt_path).lower() in LIGHTNING_ONLY_CKPT_PATHS or str(ckpt_path).lower().startswith("registry:"):
+            return None  # meaningful to Lightning alone (the best model of this process's fit, SLURM, a registry)
         if ckpt_path != "last":
             return Path(ckpt_path)
         # Lightning's own resolution (the newest last*.ckpt of the run's checkpoint folders), so both agree
