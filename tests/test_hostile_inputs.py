@@ -195,6 +195,16 @@ def test_export_to_a_place_that_cannot_be_written_is_one_line_and_the_earlier_ex
     assert snapshot(place) == before
 
 
+def test_convert_does_not_overwrite_a_model_ckpt_it_did_not_write(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model.ckpt").write_bytes(b"someone else's checkpoint")
+    assert cli_main(["convert", "--from", "mobileclip", "--ckpt", str(tmp_path / "mobileclip_s0.pt"), "--out", str(out)]) == 2
+    assert error_lines(capsys) == [f"mvclip convert: {out / 'model.ckpt'} exists and was not written by convert; refusing to "
+                                   "overwrite it (choose another --out)"]
+    assert snapshot(out) == {"model.ckpt": b"someone else's checkpoint"}
+
+
 # -- checkpoints carry their model config ----------------------------------------------------------------------------
 def test_export_rebuilds_from_the_checkpoint_config_when_the_yaml_was_edited_or_removed(tmp_path, checkpoint, model_yaml, capsys):
     module = VideoTextModule(model=str(model_yaml))
