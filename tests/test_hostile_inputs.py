@@ -390,6 +390,10 @@ def test_truncated_empty_or_garbage_checkpoints_say_so_and_a_malicious_one_is_re
     recipe = _recipe(tmp_path, model_yaml, tmp_path / "runs", synthetic_root)
     assert cli_main(["fit", "--config", str(recipe), f"--ckpt_path={tmp_path / 'half.ckpt'}"]) == 2
     assert error_lines(capsys)[-1].startswith(f"mvclip fit: {tmp_path / 'half.ckpt'}: truncated or corrupted")
+    assert cli_main(["fit", "--config", str(recipe), f"--ckpt_path={checkpoint}"]) == 2  # weights, no training state
+    assert error_lines(capsys)[-1] == (f"mvclip fit: {checkpoint}: holds weights but not the training state Lightning resumes "
+                                       f"(not written by `fit`); start from its weights with --model.init_from={checkpoint} "
+                                       "instead of --ckpt_path")
 
     class Payload:
         def __reduce__(self):

@@ -16,7 +16,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 
 from mvclip.callbacks import EmbeddingWriter
 from mvclip.datamodules.datamodule import VideoTextDataModule
-from mvclip.errors import USER_ERRORS
+from mvclip.errors import USER_ERRORS, CheckpointError
 from mvclip.lightning_module import VideoTextModule
 from mvclip.metrics import print_table
 from mvclip.resume import (
@@ -75,6 +75,11 @@ class MVClipCLI(LightningCLI):
         if path is None:
             return  # `last` with nothing to resume from (Lightning warns and starts afresh), or `best`/`hpc`
         checkpoint = read_checkpoint(path)
+        if "pytorch-lightning_version" not in checkpoint or (subcommand == "fit" and "optimizer_states" not in checkpoint):
+            raise CheckpointError(
+                f"{path}: holds weights but not the training state Lightning {'resumes' if subcommand == 'fit' else 'restores'} "
+                f"(not written by `fit`); start from its weights with --model.init_from={path} instead of --ckpt_path"
+            )
         self._parse_with_checkpoint_defaults(subcommand, {**saved_hparams(checkpoint), **saved_spec(checkpoint)})
         args = self.config[subcommand]["model"].as_dict()
         spec = _spec(args)
