@@ -15,7 +15,7 @@ from mvclip.errors import ConfigError
 from mvclip.freezing import FreezePlan, apply_freezing, plan_freezing
 from mvclip.loss import VideoTextContrastiveLoss, clamp_logit_scale_
 from mvclip.metrics import RetrievalMetric, print_table
-from mvclip.portable_config import CHECKPOINT_KEY, portable_config
+from mvclip.portable_config import CHECKPOINT_KEY, plain_data, portable_config
 from mvclip.pretrained import PretrainedReport, declared_keys, load_pretrained
 from mvclip.resume import SPEC_KEY, check_restored_checkpoint, rescale_learning_rates
 from mvclip.schedule import warmup_cosine
@@ -87,7 +87,7 @@ class VideoTextModule(L.LightningModule):
         self.model_config_dir = base_dir
         # what checkpoints carry, so they rebuild this model whatever happens to its YAML (mvclip.portable_config)
         self.portable_model_config = portable_config(self.model_config, base_dir)
-        self.model_spec: dict[str, Any] = {"model": model if isinstance(model, str) else dict(model), "overrides": overrides}
+        self.model_spec: dict[str, Any] = {"model": plain_data(model), "overrides": plain_data(overrides)}
         self._resume_lr_ratio: float | None = None
         self.pretrained_report: PretrainedReport | None = None
         self.init_report: LoadReport | None = None

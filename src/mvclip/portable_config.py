@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 CHECKPOINT_KEY = "mvclip_model_config"
 
@@ -31,6 +31,17 @@ def portable_config(model_config: Mapping[str, Any], base_dir: str | os.PathLike
     if imports:
         cfg["imports"] = imports
     return cfg
+
+
+def plain_data(value: Any) -> Any:
+    """OmegaConf nodes and nested mappings as plain dicts and lists (what `weights_only` loading accepts)."""
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=False)
+    if isinstance(value, Mapping):
+        return {str(k): plain_data(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_data(v) for v in value]
+    return value
 
 
 def resolve_model_spec(model: str | Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:

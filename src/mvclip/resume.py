@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mvclip.errors import CheckpointError, ConfigError
-from mvclip.portable_config import checkpoint_model_config, config_differences, resolve_model_spec
+from mvclip.portable_config import checkpoint_model_config, config_differences, plain_data, resolve_model_spec
 
 # hparams that may differ from the checkpoint's, and what then happens
 TAKES_EFFECT = {
@@ -50,15 +50,7 @@ def saved_spec(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
 
 def same_value(a: Any, b: Any) -> bool:
     """Equality that treats lists and tuples alike and ints and floats by value (YAML and checkpoints differ there)."""
-    return not config_differences(_plain(a), _plain(b))
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
+    return not config_differences(plain_data(a), plain_data(b))
 
 
 def hparam_conflicts(saved: Mapping[str, Any], current: Mapping[str, Any], *, training: bool,
