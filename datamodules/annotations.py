@@ -13,7 +13,9 @@ Supported (detected from the file when no format is named):
   group are written next to each other in one shard, can be batched together (`data.group_batching`)
   and are scored by twin accuracy at evaluation (`mvclip.temporal_metrics`).
 A video that cannot be found still becomes a `ClipSource` (with the path it was looked for at), so
-the build lists it as `missing` in the manifest instead of dropping it silently.
+the build lists it as `missing` in the manifest instead of dropping it silently. Files are read as UTF-8
+(with or without a byte-order mark) unless another `encoding` is named; a file that is not valid in it,
+or that holds no sample at all (a CSV header alone), is an `AnnotationError` naming the file (and line).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from typing import Any, Callable
 
 from .shard_format import VIDEO_EXTENSIONS, safe_key
 from .shard_writer import ClipSource
+from .text_encoding import DEFAULT_ENCODING, decode_error_message, known_encoding
 
 FORMATS = ("msrvtt", "webvid", "internvid", "csv")
 _EXPECTED = (
@@ -64,9 +67,9 @@ def find_video(videos_dir: Path, stem: str, subdirs: tuple[str, ...] = ()) -> Pa
     return folders[0] / f"{stem}.mp4"
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+def _read_jsonl(path: Path, encoding: str = DEFAULT_ENCODING) -> list[dict[str, Any]]:
     rows = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding=encoding) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -80,8 +83,8 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, encoding="utf-8", newline="") as f:
+def _read_csv(path: Path, encoding: str = DEFAULT_ENCODING) -> list[dict[str, str]]:
+    with open(path, encoding=encoding, newline="") as f:
         sample = f.read(4096)
         f.seek(0)
         delimiter = "\t" if path.suffix.lower() == ".tsv" or (
@@ -90,14 +93,23 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         return [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
 
 
-def detect_format(path: str | os.PathLike[str]) -> str:
+def detect_format(path: str | os.PathLike[str], encoding: str = DEFAULT_ENCODING) -> str:
     """Name the annotation format from the file's extension and header/keys."""
     path = Path(path)
     if not path.is_file():
         raise AnnotationError(f"{path}: annotation file not found")
+    if not known_encoding(encoding):
+        raise AnnotationError(f"{path}: unknown encoding {encoding!r}; expected a codec name such as utf-8, latin-1, cp1252")
+    try:
+        return _detect_format(path, encoding)
+    except UnicodeDecodeError as err:
+        raise AnnotationError(decode_error_message(path, encoding)) from err
+
+
+def _detect_format(path: Path, encoding: str) -> str:
     suffix = path.suffix.lower()
     if suffix in {".csv", ".tsv"}:
-        with open(path, encoding="utf-8", newline="") as f:
+        with open(path, encoding=encoding, newline="") as f:
             header = f.readline()
         columns = {c.strip().lower() for c in header.replace("\t", ",").split(",")}
         if {"videoid", "name"} <= columns:
@@ -105,7 +117,7 @@ def detect_format(path: str | os.PathLike[str]) -> str:
         if {"path", "caption"} <= columns:
             return "csv"
     elif suffix == ".jsonl":
-        rows = _first_jsonl_row(path)
+        rows = _first_jsonl_row(path, encoding)
         if rows is not None:
             if {"YoutubeID", "Caption"} <= rows.keys():
                 return "internvid"
@@ -113,8 +125,8 @@ def detect_format(path: str | os.PathLike[str]) -> str:
                 return "csv"
     elif suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            data = json.loads(path.read_text(encoding=encoding))
+        except json.JSONDecodeError as err:
             raise AnnotationError(f"{path}: not valid JSON ({err}); expected {_EXPECTED}") from err
         if isinstance(data, dict) and {"videos", "sentences"} <= data.keys():
             return "msrvtt"
@@ -126,8 +138,8 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     raise AnnotationError(f"{path}: unrecognized annotation file; expected {_EXPECTED}")
 
 
-def _first_jsonl_row(path: Path) -> dict[str, Any] | None:
-    with open(path, encoding="utf-8") as f:
+def _first_jsonl_row(path: Path, encoding: str = DEFAULT_ENCODING) -> dict[str, Any] | None:
+    with open(path, encoding=encoding) as f:
         for line in f:
             if line.strip():
                 try:
@@ -138,14 +150,14 @@ def _first_jsonl_row(path: Path) -> dict[str, Any] | None:
     return None
 
 
-def _records(path: Path) -> list[dict[str, Any]]:
+def _records(path: Path, encoding: str = DEFAULT_ENCODING) -> list[dict[str, Any]]:
     """Rows of a CSV, JSONL or JSON-list file."""
     suffix = path.suffix.lower()
     if suffix in {".csv", ".tsv"}:
-        return _read_csv(path)
+        return _read_csv(path, encoding)
     if suffix == ".jsonl":
-        return _read_jsonl(path)
-    data = json.loads(path.read_text(encoding="utf-8"))
+        return _read_jsonl(path, encoding)
+    data = json.loads(path.read_text(encoding=encoding))
     if not isinstance(data, list):
         raise AnnotationError(f"{path}: expected a JSON list of objects")
     return data
@@ -157,8 +169,8 @@ def _require(row: dict[str, Any], keys: tuple[str, ...], where: str) -> None:
         raise AnnotationError(f"{where}: missing key(s) {missing}; found {sorted(row)}")
 
 
-def read_msrvtt(path: Path, videos_dir: Path) -> list[ClipSource]:
-    data = json.loads(path.read_text(encoding="utf-8"))
+def read_msrvtt(path: Path, videos_dir: Path, encoding: str = DEFAULT_ENCODING) -> list[ClipSource]:
+    data = json.loads(path.read_text(encoding=encoding))
     if not isinstance(data, dict) or not {"videos", "sentences"} <= data.keys():
         raise AnnotationError(f"{path}: expected an object with 'videos' and 'sentences'")
     captions: dict[str, list[str]] = {}
@@ -180,9 +192,9 @@ def read_msrvtt(path: Path, videos_dir: Path) -> list[ClipSource]:
     return clips
 
 
-def read_webvid(path: Path, videos_dir: Path) -> list[ClipSource]:
+def read_webvid(path: Path, videos_dir: Path, encoding: str = DEFAULT_ENCODING) -> list[ClipSource]:
     clips = []
-    for i, row in enumerate(_records(path)):
+    for i, row in enumerate(_records(path, encoding)):
         _require(row, ("videoid", "name"), f"{path}: row {i + 2}")
         video_id = str(row["videoid"])
         page_dir = str(row.get("page_dir") or "")
@@ -193,9 +205,9 @@ def read_webvid(path: Path, videos_dir: Path) -> list[ClipSource]:
     return clips
 
 
-def read_internvid(path: Path, videos_dir: Path) -> list[ClipSource]:
+def read_internvid(path: Path, videos_dir: Path, encoding: str = DEFAULT_ENCODING) -> list[ClipSource]:
     clips = []
-    for i, row in enumerate(_records(path)):
+    for i, row in enumerate(_records(path, encoding)):
         where = f"{path}: record {i + 1}"
         _require(row, ("YoutubeID", "Start_timestamp", "End_timestamp", "Caption"), where)
         try:
@@ -214,9 +226,9 @@ def read_internvid(path: Path, videos_dir: Path) -> list[ClipSource]:
     return clips
 
 
-def read_plain(path: Path, videos_dir: Path) -> list[ClipSource]:
+def read_plain(path: Path, videos_dir: Path, encoding: str = DEFAULT_ENCODING) -> list[ClipSource]:
     grouped: dict[tuple[str, float | None, float | None], ClipSource] = {}
-    for i, row in enumerate(_records(path)):
+    for i, row in enumerate(_records(path, encoding)):
         where = f"{path}: record {i + 1}"
         _require(row, ("path", "caption"), where)
         video = Path(str(row["path"]))
@@ -240,19 +252,27 @@ def read_plain(path: Path, videos_dir: Path) -> list[ClipSource]:
     return list(grouped.values())
 
 
-READERS: dict[str, Callable[[Path, Path], list[ClipSource]]] = {
+READERS: dict[str, Callable[..., list[ClipSource]]] = {
     "msrvtt": read_msrvtt, "webvid": read_webvid, "internvid": read_internvid, "csv": read_plain,
 }
 
 
 def read_annotations(path: str | os.PathLike[str], videos_dir: str | os.PathLike[str],
-                     format: str | None = None) -> list[ClipSource]:
-    """ClipSources for every annotated video; `format=None` detects it from the file."""
+                     format: str | None = None, encoding: str = DEFAULT_ENCODING) -> list[ClipSource]:
+    """ClipSources for every annotated video; `format=None` detects it from the file. No sample is an error."""
     path, videos_dir = Path(path), Path(videos_dir)
-    fmt = format or detect_format(path)
+    if not known_encoding(encoding):
+        raise AnnotationError(f"{path}: unknown encoding {encoding!r}; expected a codec name such as utf-8, latin-1, cp1252")
+    fmt = format or detect_format(path, encoding)
     if fmt not in READERS:
         raise AnnotationError(f"unknown annotation format {fmt!r}; expected one of {FORMATS}")
     try:
-        return READERS[fmt](path, videos_dir)
-    except (json.JSONDecodeError, UnicodeDecodeError, csv.Error) as err:
+        clips = READERS[fmt](path, videos_dir, encoding=encoding)
+    except UnicodeDecodeError as err:
+        raise AnnotationError(decode_error_message(path, encoding)) from err
+    except (json.JSONDecodeError, csv.Error) as err:
         raise AnnotationError(f"{path}: cannot be read as {fmt} ({err})") from err
+    if not clips:
+        raise AnnotationError(f"{path}: no samples in it (a {fmt} file with no rows or records, e.g. a CSV header alone); "
+                              "expected at least one annotated video")
+    return clips

@@ -11,6 +11,8 @@ from typing import Any, Callable, Literal
 
 from lightning.pytorch import LightningDataModule
 
+from mvclip.errors import ConfigError
+
 from .bad_samples import BadSampleCounter, BadSampleLogger
 from .collate import collate_eval, collate_train
 from .decode import default_thread_count
@@ -88,14 +90,14 @@ class VideoTextDataModule(LightningDataModule):
     ) -> None:
         super().__init__()
         if sampling not in SAMPLING_MODES:
-            raise ValueError(f"data.sampling: {sampling!r} is not one of {SAMPLING_MODES}")
+            raise ConfigError(f"data.sampling: {sampling!r} is not one of {SAMPLING_MODES}")
         for name, value in (("frames", frames), ("resolution", resolution), ("batch_size", batch_size), ("stride", stride)):
             if value < 1:
-                raise ValueError(f"data.{name} must be >= 1, got {value}")
+                raise ConfigError(f"data.{name} must be >= 1, got {value}")
         if num_workers < 0:
-            raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
+            raise ConfigError(f"data.num_workers must be >= 0, got {num_workers}")
         if not 0.0 <= max_bad_fraction <= 1.0:
-            raise ValueError(f"data.max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
+            raise ConfigError(f"data.max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
         self.paths: dict[str, str | None] = {"train": train, "val": val, "test": test}
         self.synthetic = synthetic
         self.frames = frames
@@ -160,7 +162,7 @@ class VideoTextDataModule(LightningDataModule):
     def _dataset(self, split: str, train: bool) -> ShardDataset:
         pattern = self.paths.get(split)
         if not pattern:
-            raise ValueError(f"data.{split}: no shard pattern configured (and synthetic is off)")
+            raise ConfigError(f"data.{split}: no shard pattern configured (and synthetic is off)")
         if split not in self.shards:
             self.shards[split] = list_shards(pattern)
         threads = self.decode_threads or default_thread_count(self.num_workers)

@@ -39,6 +39,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from mvclip.errors import ConfigError
+
 from .bad_samples import BadSampleCounter, TooManyBadSamples
 from .decode import DecodeError, VideoReader
 from .sampling import sample_indices
@@ -369,14 +371,14 @@ class ShardDataset(IterableDataset):
             return
         slots = self.world_size * self.num_workers
         if not self.resampled and len(self.shards) < slots:
-            raise ValueError(
+            raise ConfigError(
                 f"training shards {self.pattern!r}: {len(self.shards)} shards cannot be split over "
                 f"{self.world_size} ranks x {self.num_workers} workers = {slots} readers; every reader "
                 f"needs at least one shard. Use fewer num_workers, write more (smaller) shards "
                 f"(samples_per_shard), or set resampled: true."
             )
         if train_batches_per_rank(self.epoch_samples, self.world_size, self.batch_size) < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"training shards {self.pattern!r}: {self.epoch_samples} samples per epoch are fewer than "
                 f"world_size {self.world_size} x batch_size {self.batch_size}; no full batch per rank"
             )

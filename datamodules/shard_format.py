@@ -7,9 +7,12 @@ sizes without scanning the tars. `docs/data.md` describes the format for humans.
 """
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import re
+import unicodedata
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -24,8 +27,6 @@ TEACHER_EXTENSION = "teacher.npy"
 VIDEO_EXTENSIONS: tuple[str, ...] = (
     "mp4", "m4v", "mov", "webm", "mkv", "avi", "mpg", "mpeg", "ts", "flv", "ogv", "3gp", "wmv",
 )
-
-_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 
 class _SampleMetaRequired(TypedDict):
@@ -55,12 +56,30 @@ def shard_name(prefix: str, index: int) -> str:
 
 
 def safe_key(text: str) -> str:
-    """A WebDataset key: no dots (they separate key from extension) and no path separators."""
-    key = _KEY_UNSAFE.sub("_", str(text)).strip("_")
-    if not key:
-        raise ValueError(f"cannot make a sample key from {text!r}: nothing left after removing "
-                         "characters other than letters, digits, '_' and '-'")
+    """A WebDataset key: letters and digits of any script, `_` and `-`; no dots (they separate key from
+    extension) and no path separators. Unique and stable for any Unicode name:
+
+    - the text is NFC-normalized first (macOS spells `é` as e + accent), so one name gives one key;
+    - letters, digits and combining marks of any script are kept (`日本語.mp4` -> `日本語_mp4`); every run of other
+      characters becomes one `_` (`a/b.mp4` -> `a_b_mp4`, as before for ASCII names);
+    - when a character outside ASCII had to be replaced (an emoji, a CJK full stop), or nothing is left, a hash of the
+      whole name is appended, so names differing only there still get distinct keys (`🎬.mp4` -> `mp4-<hash>`).
+    """
+    text = unicodedata.normalize("NFC", str(text))
+    kept = "".join(ch if _key_char(ch) else "\0" for ch in text)
+    key = re.sub("\0+", "_", kept).strip("_")
+    lossy = any(not ch.isascii() and not _key_char(ch) for ch in text)
+    if lossy or not key:
+        digest = base64.b32encode(hashlib.sha1(text.encode("utf-8")).digest()).decode("ascii")[:13].lower()
+        key = f"{key}-{digest}" if key else digest
     return key
+
+
+def _key_char(ch: str) -> bool:
+    """Letters, digits, combining marks (of any script), `_` and `-`."""
+    if ch.isascii():
+        return ch.isalnum() or ch in "_-"
+    return unicodedata.category(ch)[0] in "LNM"
 
 
 def video_member(sample: dict[str, Any]) -> str | None:

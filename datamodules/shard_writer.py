@@ -22,7 +22,7 @@ import os
 import re
 import tarfile
 from collections import Counter, deque
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from fractions import Fraction
@@ -38,12 +38,16 @@ from .shard_format import (
     MANIFEST_NAME, MANIFEST_VERSION, PROGRESS_NAME, TEACHER_EXTENSION, VIDEO_EXTENSIONS, fsync_dir,
     read_manifest, safe_key, shard_name, write_json_atomic,
 )
+from .worker_pool import worker_pool
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SAMPLES_PER_SHARD = 256
 DEFAULT_KEYFRAME_INTERVAL = 8
 DEFAULT_CRF = 23
+# x264's output depends on its thread count, and "auto" follows the CPUs this process may use: a fixed count makes a
+# re-encoded clip the same bytes on any machine, resumed or not. Builds run in parallel over clips (`workers`) instead.
+REENCODE_THREADS = 1
 _TAR_MTIME = 1_700_000_000  # fixed member mtime: same inputs -> byte-identical shards
 _CORE_META = ("captions", "source", "fps", "duration", "frames")
 # PyAV container format name (first alias) -> file extension when the source has an unknown one
@@ -159,7 +163,7 @@ def transcode(path: str | os.PathLike[str], info: probe_mod.ProbeResult, *,
         tb = vstream.time_base
         if lo > 0:
             src.seek(int((lo + info.origin) / tb), stream=vstream, backward=True)
-        ostream = open_h264_stream(out, rate, width, height, keyframe_interval, crf)
+        ostream = open_h264_stream(out, rate, width, height, keyframe_interval, crf, threads=REENCODE_THREADS)
         n = 0
         for frame in src.decode(vstream):
             t = (float(frame.pts * tb) - info.origin) if frame.pts is not None else lo + n / rate
@@ -249,7 +253,7 @@ def _prepared_in_order(clips: Sequence[ClipSource], options: _Options,
         for clip in clips:
             yield _prepare(clip, options)
         return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with worker_pool(workers) as pool:
         window: deque[Future[_Prepared]] = deque()
         todo = iter(clips)
         for clip in todo:
@@ -338,6 +342,14 @@ def _load_progress(out: Path, build_options: dict[str, Any]) -> list[dict[str, A
     return list(progress.get("shards", []))
 
 
+def first_input_of_each_key(clips: Sequence[ClipSource]) -> dict[str, str]:
+    """key -> the input that keeps it (the first in packing order), to name it when a later input collides."""
+    first: dict[str, str] = {}
+    for clip in clips:
+        first.setdefault(clip.key, str(clip.extra.get("source", clip.path)))
+    return first
+
+
 def clip_group(clip: ClipSource) -> str | None:
     """The hard-negative group a clip declares in its metadata (`group`; the synthetic set calls it `pair`)."""
     group = clip.extra.get("group", clip.extra.get("pair"))
@@ -368,7 +380,8 @@ def write_shards(samples: Iterable[ClipSource], out_dir: str | os.PathLike[str],
     for clip in clips:
         if safe_key(clip.key) != clip.key:
             raise ValueError(f"sample key {clip.key!r} (from {clip.path}) may only hold letters, "
-                             "digits, '_' and '-'; shard_format.safe_key() makes one")
+                             "digits (any script, NFC-normalized), '_' and '-'; "
+                             "shard_format.safe_key() makes one")
     build_options: dict[str, Any] = {
         "prefix": prefix, "samples_per_shard": samples_per_shard,
         "max_shard_bytes": max_shard_bytes, "reencode_short_side": reencode_short_side,
@@ -396,15 +409,16 @@ def write_shards(samples: Iterable[ClipSource], out_dir: str | os.PathLike[str],
     progress_state = {"version": MANIFEST_VERSION, "options": build_options, "shards": done}
     write_json_atomic(out / PROGRESS_NAME, progress_state)
 
+    first_input = first_input_of_each_key(clips)
     seen = {c.key for c in clips[:consumed]}
     options = _Options(reencode_short_side, keyframe_interval, crf)
     todo: list[ClipSource] = []
     duplicates: dict[int, _Prepared] = {}
     for clip in clips[consumed:]:
         if clip.key in seen:
-            duplicates[len(todo)] = _Prepared(clip.key, str(clip.path),
-                                              reason=probe_mod.DUPLICATE_KEY,
-                                              detail="another input has the same key")
+            duplicates[len(todo)] = _Prepared(
+                clip.key, str(clip.path), reason=probe_mod.DUPLICATE_KEY,
+                detail=f"key {clip.key!r} is already taken by {first_input[clip.key]}")
         seen.add(clip.key)
         todo.append(clip)
     unique = [c for i, c in enumerate(todo) if i not in duplicates]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .annotations import FORMATS, AnnotationError, detect_format, read_annotations
 from .shard_writer import DEFAULT_SAMPLES_PER_SHARD, summary_line, write_shards
+from .text_encoding import DEFAULT_ENCODING
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,6 +26,9 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--annotations", type=Path, help="caption file (JSON, CSV or JSONL)")
     src.add_argument("--format", choices=FORMATS,
                      help="annotation format (default: detected from the file)")
+    src.add_argument("--encoding", default=DEFAULT_ENCODING,
+                     help="text encoding of the annotation file (default: UTF-8, with or without a BOM; "
+                          "e.g. latin-1, cp1252)")
     p.add_argument("--out", type=Path, required=True, help="output folder for the shards")
     p.add_argument("--prefix", default="shard", help="shard names: PREFIX-000000.tar, ...")
     p.add_argument("--samples-per-shard", type=int, default=DEFAULT_SAMPLES_PER_SHARD,
@@ -73,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --videos {args.videos} is not a folder", file=sys.stderr)
         return 2
     try:
-        clips = read_annotations(args.annotations, args.videos, args.format)
+        clips = read_annotations(args.annotations, args.videos, args.format, encoding=args.encoding)
     except AnnotationError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -84,9 +88,13 @@ def main(argv: list[str] | None = None) -> int:
             reencode_short_side=args.reencode_short_side,
             keyframe_interval=args.keyframe_interval, progress=not args.no_progress,
             extra_options={"annotations": str(args.annotations.resolve()),
-                           "format": args.format or detect_format(args.annotations)})
+                           "format": args.format or detect_format(args.annotations, args.encoding)})
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"{summary_line(manifest, args.out)} in {time.perf_counter() - start:.1f} s")
+    if manifest["total_samples"] == 0:  # an empty dataset is not a successful build
+        print(f"error: no sample was written to {args.out}: every input was skipped (reasons in "
+              f"{args.out / 'manifest.json'})", file=sys.stderr)
+        return 1
     return 0

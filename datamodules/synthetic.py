@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -32,6 +31,7 @@ from tqdm import tqdm
 
 from .shard_format import read_manifest, write_json_atomic
 from .shard_writer import ClipSource, encode_frames_h264, write_shards
+from .worker_pool import worker_pool
 
 log = logging.getLogger(__name__)
 
@@ -434,7 +434,7 @@ def _generate(staging: Path, settings: dict[str, Any], *, workers: int, progress
                disable=not progress, dynamic_ncols=True)
     with contextlib.ExitStack() as stack:
         if workers > 1:
-            pool = stack.enter_context(ProcessPoolExecutor(max_workers=workers))
+            pool = stack.enter_context(worker_pool(workers))
             results = pool.map(_render_and_encode, tasks, chunksize=16)
         else:
             results = map(_render_and_encode, tasks)

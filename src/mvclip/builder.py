@@ -17,6 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
+from mvclip.config_checks import check_kernel_sizes, finite_number, resolve_interpolations
 from mvclip.errors import ConfigError
 from mvclip.model import TEXT_ATTENTION_MASKS, Stage, TextEncoder, VideoEncoder, VideoTextModel
 from mvclip.registry import REGISTRY, BlockEntry
@@ -30,6 +31,7 @@ SIDE_HEADS = ("retrieval", "classification")
 VIDEO_STAGE_KEYS = {"block", "depth", "dim", "downsample", "pos_embed"}
 TEXT_KEYS = {"vocab_size", "context_length", "width", "stages", "attention_mask"}
 TEXT_STAGE_KEYS = {"block", "depth"}
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 
 
 @dataclass
@@ -140,6 +142,7 @@ def build_model(config: str | Path | Mapping | DictConfig, *, path: str = "model
 
 def plan_model(cfg: DictConfig, *, path: str = "model", base_dir: Path | None = None) -> _ModelPlan:
     """Load plugins, then resolve every block spec against the registry without building anything."""
+    cfg = resolve_interpolations(cfg, path)
     _check_keys(cfg, MODEL_KEYS, path)
     inference_mode = cfg.get("inference_mode", False)
     if not isinstance(inference_mode, bool):
@@ -148,6 +151,11 @@ def plan_model(cfg: DictConfig, *, path: str = "model", base_dir: Path | None = 
     if not isinstance(imports, (list, ListConfig)):
         raise ConfigError(f"{path}.imports: expected a list of module names or .py paths, got {imports!r}")
     for i, target in enumerate(imports):
+        if str(target).lower().endswith(CONFIG_SUFFIXES):
+            raise ConfigError(
+                f"{path}.imports[{i}]: {target!r} is a config file, not a block plugin (a config cannot import another "
+                "config, or itself); expected Python module names (my_package.blocks) or .py files that register blocks"
+            )
         REGISTRY.import_plugin(str(target), path=f"{path}.imports[{i}]", base_dir=base_dir)
     embed_dim = _positive_int(cfg.get("embed_dim", 512), f"{path}.embed_dim")
     if "video" not in cfg:
@@ -156,7 +164,8 @@ def plan_model(cfg: DictConfig, *, path: str = "model", base_dir: Path | None = 
     text_blocks, text_args = None, {}
     if cfg.get("text") is not None:
         text_blocks, text_args = _plan_text(cfg.text, f"{path}.text", embed_dim, inference_mode)
-    logit_scale = float(cfg.get("logit_scale", math.log(1 / 0.07)))
+    logit_scale = finite_number(cfg.get("logit_scale", math.log(1 / 0.07)), f"{path}.logit_scale",
+                                "the initial log of the logit scale, e.g. 2.659 = ln(1/0.07)")
     return _ModelPlan(*video, text_blocks=text_blocks, text_args=text_args, logit_scale=logit_scale, inference_mode=inference_mode)
 
 
@@ -204,6 +213,11 @@ def _plan_video(cfg: Any, path: str, embed_dim: int, inference_mode: bool = Fals
         planned.append(_StagePlan(blocks, downsample, pos_embed))
         channels = dim
     head = _resolve(cfg.head, f"{path}.head", dim=channels, out_dim=embed_dim, num_frames=num_frames, **mode)
+    if head.kwargs.get("out_dim", embed_dim) != embed_dim:
+        raise ConfigError(
+            f"{path}.head.out_dim: {head.kwargs['out_dim']!r} differs from {path.rsplit('.', 1)[0]}.embed_dim ({embed_dim}); "
+            f"video and text embeddings are compared, so the head must output embed_dim: remove out_dim or set it to {embed_dim}"
+        )
     side = None
     if cfg.get("side") is not None:
         side = _plan_side(cfg.side, f"{path}.side", stage_shapes, head, num_frames, in_channels, inference_mode)
@@ -302,6 +316,7 @@ def _resolve(spec: Any, path: str, **context: Any) -> _Planned:
     """`inference_mode=True` in `context` reaches blocks whose constructor takes it (the YAML may override);
     a reparameterizable block that does not take it is reparameterized right after it is built instead."""
     entry, kwargs = REGISTRY.resolve(spec, path=path, context=context)
+    check_kernel_sizes(entry.name, kwargs, path, allow_even=getattr(entry.cls, "allow_even_kernels", False))
     fold = bool(context.get("inference_mode")) and entry.reparameterizable and "inference_mode" not in kwargs
     return _Planned(path, entry, kwargs, fold)
 

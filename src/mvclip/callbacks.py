@@ -137,6 +137,7 @@ class FuseExport(Callback):
         if not trainer.is_global_zero or trainer.interrupted:
             return
         from mvclip.export import export_checkpoint, random_inputs
+        from mvclip.export_folder import ExportTargetError
 
         peak, peak_kind = _peak_memory(pl_module.device)
         train = {
@@ -150,9 +151,13 @@ class FuseExport(Callback):
             dm = trainer.datamodule
             inputs = random_inputs(getattr(dm, "frames", pl_module.model.video.num_frames), getattr(dm, "resolution", 224))
         for kind, path in self._targets(trainer).items():
-            out, metrics = export_checkpoint(
-                pl_module, path, inputs, kind=kind, extra_metrics={"train": train}, onnx=self.onnx, latency_repeats=self.latency_repeats
-            )
+            try:
+                out, metrics = export_checkpoint(
+                    pl_module, path, inputs, kind=kind, extra_metrics={"train": train}, onnx=self.onnx, latency_repeats=self.latency_repeats
+                )
+            except ExportTargetError as error:  # e.g. someone else's files where the export would go: left alone
+                print(f"export ({kind}) not written: {error}", file=sys.stderr)
+                continue
             self.exports[kind] = out
             latency = metrics["latency_ms"]
             print(f"export ({kind}): {out}  fused latency {latency['video_fused']:.1f} ms/clip "

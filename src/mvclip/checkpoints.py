@@ -1,16 +1,21 @@
 """Loading weights safely (safetensors, or torch.load with weights_only=True) and writing files atomically."""
 from __future__ import annotations
 
+import importlib
 import os
+import pickle
+import re
 import tempfile
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from mvclip.errors import ConfigError
+from mvclip.errors import CheckpointError, ConfigError
 
 MODULE_PREFIX = "model."  # VideoTextModule keeps the VideoTextModel as `self.model`
 
@@ -37,19 +42,69 @@ def _umask() -> int:
     return mask
 
 
+def load_torch_file(path: str | os.PathLike[str]) -> Any:
+    """`torch.load(weights_only=True)` with errors that say what is wrong with the file: truncated or corrupted
+    (empty, cut short, not a checkpoint at all), or refused because it holds Python objects that could run code."""
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: truncated or corrupted (the file is empty, 0 bytes)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        refused = _refused_global(str(error))
+        if refused is not None and (zipfile.is_zipfile(path) or _importable(refused)):
+            raise CheckpointError(
+                f"{path}: refused: it holds a Python object ({refused}) that loading could execute; mvclip loads "
+                "weights with weights_only=True and never runs code from a file (save tensors, or use safetensors)"
+            ) from error
+        raise CheckpointError(f"{path}: truncated or corrupted ({path.stat().st_size} bytes): its data cannot be unpickled") from error
+    except Exception as error:  # zip without its directory, EOF, a pickle of garbage
+        raise CheckpointError(
+            f"{path}: truncated or corrupted ({path.stat().st_size} bytes): {type(error).__name__}: {_first_line(error)}"
+        ) from error
+
+
+def load_safetensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; a cut or damaged file is reported as such, with its name."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as error:  # safetensors raises its own SafetensorError (not an OSError)
+        if isinstance(error, OSError):
+            raise
+        raise CheckpointError(f"{path}: truncated or corrupted safetensors file: {_first_line(error)}") from error
+
+
+def _first_line(error: BaseException) -> str:
+    """The first sentence of an error message (torch's go on for a paragraph)."""
+    text = str(error).strip()
+    return text.splitlines()[0].split(". ")[0].rstrip(".") if text else type(error).__name__
+
+
+def _refused_global(message: str) -> str | None:
+    """The `module.name` a weights-only unpickler refused, from torch's message."""
+    match = re.search(r"GLOBAL ([\w.]+)", message)
+    return match.group(1) if match else None
+
+
+def _importable(qualified: str) -> bool:
+    """Whether `module.attr` names something real: a refusal of a name cut in half means a cut file, not a threat."""
+    module, _, attr = qualified.rpartition(".")
+    try:
+        return hasattr(importlib.import_module(module), attr)
+    except Exception:
+        return False
+
+
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Tensors from a safetensors file, a plain state dict, or a Lightning checkpoint (its `state_dict`, `model.` stripped)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ConfigError(f"{path}: cannot be loaded safely (weights_only=True): {error}") from error
+        return load_safetensors(path)
+    obj = load_torch_file(path)
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
         if any(k.startswith(MODULE_PREFIX) for k in obj):

@@ -10,3 +10,11 @@ class RegistryError(KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message; show it as written
         return str(self.args[0]) if self.args else ""
+
+
+class CheckpointError(ConfigError):
+    """A weight file cannot be used: truncated or corrupted, refused as unsafe, or not the kind expected. Names the file."""
+
+
+# What a command reports as one line (the message names the file, key or config path) instead of a traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, RegistryError, FileNotFoundError)

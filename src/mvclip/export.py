@@ -10,9 +10,11 @@ An export folder holds
 - `metrics.json`: parameters, FLOPs, unfused vs fused CPU latency, the verification numbers, and
   what the caller adds (validation results, training time and memory).
 
-The folder is written under a temporary name and renamed into place, so a reader sees either the
+The folder is written under a temporary name and swapped into place, so a reader sees either the
 old export or the whole new one. If the fused model does not match the unfused one, nothing is
-written and `ExportError` names the first block whose fused form disagrees.
+written and `ExportError` names the first block whose fused form disagrees. An export never deletes
+what it did not write (`mvclip.export_folder`): it refuses a folder of other files or the
+checkpoint's own folder, and replaces only an earlier export.
 """
 from __future__ import annotations
 
@@ -36,8 +38,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mvclip.blocks.reparam import is_batchnorm
 from mvclip.builder import build_model
+from mvclip.checkpoints import load_safetensors, load_torch_file
+from mvclip.errors import CheckpointError
+from mvclip.export_folder import MARKER_NAME, ExportTargetError, check_export_target, replace_export, write_marker
 from mvclip.fusion import VerifyReport, compare_outputs, fuse
 from mvclip.model import VideoTextModel
+from mvclip.portable_config import portable_config
 from mvclip.summary import count_params
 
 MAX_ABS_DIFF = 1e-4  # on unit-norm float32 embeddings
@@ -249,45 +255,22 @@ def export_onnx(fused: VideoTextModel, inputs: Mapping[str, torch.Tensor], folde
 # -- the folder ----------------------------------------------------------------------------------
 def fused_config(model_config: Mapping[str, Any], base_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """The model config that rebuilds the fused model directly; relative `.py` imports made absolute."""
-    cfg = OmegaConf.to_container(OmegaConf.create(dict(model_config)), resolve=True)
-    imports = []
-    for target in cfg.get("imports") or []:
-        target = str(target)
-        if target.endswith(".py") and base_dir is not None and not Path(target).is_absolute():
-            target = str((Path(base_dir) / target).resolve())
-        imports.append(target)
-    if imports:
-        cfg["imports"] = imports
-    cfg["inference_mode"] = True
-    return cfg
+    return {**portable_config(model_config, base_dir), "inference_mode": True}
 
 
 def load_export(folder: str | os.PathLike[str]) -> VideoTextModel:
     """The fused model of an export folder, built in inference form and loaded strictly from safetensors."""
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     for name in ("model.yaml", "model.safetensors"):
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder}: not an mvclip export (missing {name}); make one with `python -m mvclip export --ckpt ...`")
     model = build_model(folder / "model.yaml", path=f"{folder / 'model.yaml'}")
-    model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
+    model.load_state_dict(load_safetensors(folder / "model.safetensors"), strict=True)
     return model.eval().requires_grad_(False)
 
 
 def _state_for_safetensors(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
-
-
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Rename `tmp` to `final`; an existing `final` is moved aside first and removed after."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def export_model(
@@ -301,23 +284,26 @@ def export_model(
     extra_metrics: Mapping[str, Any] | None = None,
     onnx: bool = True,
     latency_repeats: int = 10,
+    checkpoint: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Fuse a copy of `model`, verify it on `inputs` ({"video": (B,T,3,H,W), "text": (B,L)}), write the folder.
 
-    `model` itself is not changed (it is deep-copied before anything is put in eval mode).
+    `model` itself is not changed (it is deep-copied before anything is put in eval mode). `out_dir` must be new,
+    empty or an earlier export, and must not hold `checkpoint` (`ExportTargetError` otherwise, before any work).
     Returns the metrics written to `metrics.json`.
     """
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
+    protect = [checkpoint] if checkpoint is not None else []
+    check_export_target(out_dir, protect)
     reference = copy.deepcopy(model).cpu().eval()  # keeps requires_grad, so "trainable" counts stay right
     inputs = {k: v.cpu() for k, v in inputs.items() if v is not None}
     fused = fuse(reference)
     checks = verify_fused(reference, fused, inputs)
     config = fused_config(model_config, config_dir)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp = _make_temporary_folder(out_dir)
     try:
         save_file(_state_for_safetensors(fused), str(tmp / "model.safetensors"))
         (tmp / "model.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
@@ -338,14 +324,34 @@ def export_model(
         metrics["checks"] = [asdict(c) for c in checks]
         metrics["files"] = sorted(p.name for p in tmp.iterdir())
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_marker(tmp, checkpoint)
         tmp.chmod(0o755)  # mkdtemp makes it private; an export is meant to be shared
         for file in tmp.iterdir():
             file.chmod(0o644)
-        _replace_dir(tmp, out_dir)
+        check_export_target(out_dir, protect)  # again: the folder may have changed while we verified
+        replace_export(tmp, out_dir)
+    except OSError as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _cannot_write(out_dir, error) from error
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return metrics
+
+
+def _make_temporary_folder(out_dir: Path) -> Path:
+    """A private folder beside `out_dir` to assemble the export in; a place that cannot be written is reported as such."""
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    except OSError as error:
+        raise _cannot_write(out_dir, error) from error
+
+
+def _cannot_write(out_dir: Path, error: OSError) -> ExportTargetError:
+    earlier = " and the earlier export there is untouched" if (out_dir / MARKER_NAME).is_file() else ""
+    where = f" ({error.filename})" if error.filename and str(error.filename) != str(out_dir) else ""
+    return ExportTargetError(f"{out_dir}: cannot write the export: {error.strerror or error}{where}; nothing was written{earlier}")
 
 
 # -- from a Lightning checkpoint -----------------------------------------------------------------
@@ -354,12 +360,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"{path}: cannot be loaded safely (weights_only=True): {error}") from error
+    ckpt = load_torch_file(path)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
-        raise ValueError(f"{path}: not a Lightning checkpoint (expected a dict with `state_dict`)")
+        raise CheckpointError(f"{path}: not a Lightning checkpoint (expected a dict with `state_dict`)")
     return ckpt
 
 
@@ -413,5 +416,6 @@ def export_checkpoint(
     metrics = export_model(
         model, module.model_config, out, inputs, config_dir=module.model_config_dir,
         preprocess=ckpt.get("mvclip_preprocess"), extra_metrics=metrics, onnx=onnx, latency_repeats=latency_repeats,
+        checkpoint=checkpoint,
     )
     return out, metrics

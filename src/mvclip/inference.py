@@ -3,7 +3,8 @@
 `ExportedModel(folder)` reads an export folder (see `mvclip.export`): the fused model built in its
 inference form from `model.yaml` + `model.safetensors`, or, with `backend="onnx"`, the ONNX graphs
 run by onnxruntime; and `preprocess.json`, so videos are sampled, resized and normalized exactly as
-at evaluation time.
+at evaluation time. `embed_readable_videos` skips (and reports) videos that cannot be read instead of
+failing the batch; an empty caption is an error naming it, since it would embed as noise.
 """
 from __future__ import annotations
 
@@ -11,14 +12,29 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 
+import av
+
+from mvclip.datamodules.decode import DecodeError
 from mvclip.datamodules.pipeline import SampleDecoder
 from mvclip.datamodules.transforms import VideoTransform
 from mvclip.export import load_export
 from mvclip.tokenizer import tokenize
+
+
+# what reading one video can raise when the file is missing, not a video, or broken
+UNREADABLE_VIDEO_ERRORS = (OSError, ValueError, DecodeError, av.error.FFmpegError)
+
+
+class VideoEmbeddings(NamedTuple):
+    """Embeddings of the videos that could be read, those videos in order, and (video, why) for the others."""
+
+    embeddings: torch.Tensor
+    videos: list[Path]
+    skipped: list[tuple[Path, str]]
 
 
 class ExportedModel:
@@ -78,6 +94,22 @@ class ExportedModel:
             rows.append(self._run("video", clips))
         return torch.cat(rows) if rows else torch.zeros(0)
 
+    def embed_readable_videos(self, paths: Sequence[str | os.PathLike[str]], batch_size: int = 8) -> VideoEmbeddings:
+        """Like `embed_videos`, but a video that cannot be read is left out and reported, not fatal to the rest."""
+        clips, kept, skipped = [], [], []
+        for path in map(Path, paths):
+            try:
+                clips.append(self.load_clip(path))
+                kept.append(path)
+            except UNREADABLE_VIDEO_ERRORS as error:
+                skipped.append((path, f"{type(error).__name__}: {error}"))
+        rows = [self._run("video", torch.stack(clips[i : i + batch_size])) for i in range(0, len(clips), batch_size)]
+        return VideoEmbeddings(torch.cat(rows) if rows else torch.zeros(0), kept, skipped)
+
     def embed_texts(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+        """Unit-norm caption embeddings; an empty (or blank) caption is an error naming its position."""
+        for i, text in enumerate(texts):
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"caption {i} ({text!r}) is empty; every caption needs some text to embed")
         rows = [self._run("text", tokenize(list(texts[i : i + batch_size]))) for i in range(0, len(texts), batch_size)]
         return torch.cat(rows) if rows else torch.zeros(0)

@@ -15,7 +15,9 @@ from mvclip.errors import ConfigError
 from mvclip.freezing import FreezePlan, apply_freezing, plan_freezing
 from mvclip.loss import VideoTextContrastiveLoss, clamp_logit_scale_
 from mvclip.metrics import RetrievalMetric, print_table
+from mvclip.portable_config import CHECKPOINT_KEY, plain_data, portable_config
 from mvclip.pretrained import PretrainedReport, declared_keys, load_pretrained
+from mvclip.resume import SPEC_KEY, check_restored_checkpoint, rescale_learning_rates
 from mvclip.schedule import warmup_cosine
 from mvclip.temporal_metrics import TemporalMetric, shuffle_order
 from mvclip.zeroshot import DEFAULT_TEMPLATES, ZeroShotAccuracy, build_classifier
@@ -83,6 +85,10 @@ class VideoTextModule(L.LightningModule):
         # what an export needs to rebuild this model (with `inference_mode: true`)
         self.model_config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)
         self.model_config_dir = base_dir
+        # what checkpoints carry, so they rebuild this model whatever happens to its YAML (mvclip.portable_config)
+        self.portable_model_config = portable_config(self.model_config, base_dir)
+        self.model_spec: dict[str, Any] = {"model": plain_data(model), "overrides": plain_data(overrides)}
+        self._resume_lr_ratio: float | None = None
         self.pretrained_report: PretrainedReport | None = None
         self.init_report: LoadReport | None = None
         self.pretrained_names: set[str] = set()
@@ -153,6 +159,15 @@ class VideoTextModule(L.LightningModule):
         self.log("train/logit_scale", self.model.logit_scale.exp(), batch_size=batch_size)
         return loss
 
+    def on_train_start(self) -> None:
+        """A resumed run with another `lr`: the restored optimizer and schedule follow it (see mvclip.resume)."""
+        if self._resume_lr_ratio is not None:
+            rescale_learning_rates(self.trainer, self._resume_lr_ratio)
+            if self.trainer.is_global_zero:
+                print(f"resumed with lr {self.hparams.lr:g}: learning rates of every parameter group and of the schedule "
+                      f"scaled by {self._resume_lr_ratio:g}")
+            self._resume_lr_ratio = None
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         clamp_logit_scale_(self.model.logit_scale, self.max_log_scale)
 
@@ -195,8 +210,12 @@ class VideoTextModule(L.LightningModule):
         for key in skip:
             checkpoint["state_dict"].pop(key, None)
         checkpoint["mvclip_omitted_frozen"] = sorted(skip)
+        checkpoint[CHECKPOINT_KEY] = self.portable_model_config
+        checkpoint[SPEC_KEY] = self.model_spec
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuses a checkpoint of another model or other settings (mvclip.resume), then fills in omitted frozen weights."""
+        self._resume_lr_ratio = check_restored_checkpoint(self, checkpoint)
         own = self.state_dict()
         for key in checkpoint.get("mvclip_omitted_frozen", []):
             checkpoint["state_dict"].setdefault(key, own[key])

@@ -96,6 +96,7 @@ class BlockRegistry:
         self._loaded = False
         self._origin_stack: list[str] = []
         self._imported: dict[str, Any] = {}
+        self._importing: set[str] = set()  # plugins whose code is running now: a re-entry is a self-import
         self.plugin_failures: list[PluginFailure] = []
 
     # -- registering -------------------------------------------------------------------------
@@ -166,6 +167,7 @@ class BlockRegistry:
                 key = str(file)
                 if key in self._imported:
                     return
+                self._refuse_reentry(key, target, path)
                 if not file.is_file():
                     raise FileNotFoundError(f"no such file: {file}")
                 digest = hashlib.sha1(key.encode()).hexdigest()[:8]
@@ -175,23 +177,34 @@ class BlockRegistry:
                 module = importlib.util.module_from_spec(spec)
                 sys.modules[module_name] = module
                 with self._origin(f"imported file {file}"):
+                    self._importing.add(key)
                     try:
                         spec.loader.exec_module(module)
                     except BaseException:
                         sys.modules.pop(module_name, None)
                         raise
+                    finally:
+                        self._importing.discard(key)
             else:
                 if key in self._imported:
                     return
                 with self._origin(f"imported module {target}"):
                     module = importlib.import_module(target)
-        except RegistryError:
+        except (RegistryError, ConfigError):
             raise
         except Exception as error:
             raise ConfigError(
                 f"{path}: could not import block plugin {target!r}: {type(error).__name__}: {error}"
             ) from error
         self._imported[key] = module
+
+    def _refuse_reentry(self, key: str, target: str, path: str) -> None:
+        """A plugin file whose own code builds a model listing it in `imports:` would import itself forever."""
+        if key in self._importing:
+            raise ConfigError(
+                f"{path}: block plugin {target!r} imports itself: its code builds a model whose `imports:` lists it again; "
+                "expected a plugin that only defines and registers blocks (build models elsewhere)"
+            )
 
     # -- looking up --------------------------------------------------------------------------
     def names(self) -> list[str]:

@@ -38,9 +38,15 @@ def main(argv: list[str]) -> int:
     from mvclip.checkpoints import read_state_dict
     from mvclip.errors import ConfigError
     from mvclip.export import ExportError, export_checkpoint, random_inputs
+    from mvclip.export_folder import ExportTargetError
     from mvclip.lightning_module import VideoTextModule
     from mvclip.pretrained import detect_format, frame_mean_config, load_pretrained
 
+    ckpt_path = Path(args.out) / "model.ckpt"
+    if ckpt_path.exists() and not _written_by_convert(ckpt_path):
+        print(f"mvclip convert: {ckpt_path} exists and was not written by convert; refusing to overwrite it "
+              "(choose another --out)", file=sys.stderr)
+        return 2
     try:
         state = read_state_dict(args.ckpt)
         fmt = detect_format(list(state), args.ckpt)
@@ -57,14 +63,13 @@ def main(argv: list[str]) -> int:
         print("note: the file has no text tower (timm's fastvit_mci* are image towers); the model embeds videos only")
 
     out = Path(args.out)
-    ckpt_path = out / "model.ckpt"
     write_checkpoint(module, ckpt_path, source=args.ckpt, format_name=fmt.name, frames=args.frames, resolution=args.resolution)
     try:
         export_dir, metrics = export_checkpoint(
             module, ckpt_path, random_inputs(args.frames, args.resolution), out_dir=out / "export", kind="converted",
             onnx=not args.no_onnx, latency_repeats=args.latency_repeats,
         )
-    except ExportError as error:
+    except (ExportError, ExportTargetError) as error:
         print(f"mvclip convert: {error}; the checkpoint {ckpt_path} was written, the export was not", file=sys.stderr)
         return 1
     latency = metrics["latency_ms"]
@@ -73,16 +78,30 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def _written_by_convert(path: Path) -> bool:
+    """Whether `path` is a checkpoint an earlier convert wrote (which it may replace), not someone else's file."""
+    from mvclip.checkpoints import load_torch_file
+    from mvclip.errors import CheckpointError
+
+    try:
+        checkpoint = load_torch_file(path)
+    except (CheckpointError, OSError):
+        return False
+    return isinstance(checkpoint, dict) and "mvclip_pretrained" in checkpoint
+
+
 def write_checkpoint(module: VideoTextModule, path: Path, *, source: str, format_name: str, frames: int, resolution: int) -> None:
     """A checkpoint in the shape `python -m mvclip fit` writes: `model.`-prefixed state, the model config as the
     module's hyperparameters (self-contained: no recipe path), and the input pipeline the weights expect."""
     import lightning
 
     from mvclip.checkpoints import atomic_write
+    from mvclip.portable_config import CHECKPOINT_KEY
 
     checkpoint = {
         "state_dict": {f"model.{k}": v for k, v in module.model.state_dict().items()},
         "hyper_parameters": {"model": module.model_config},
+        CHECKPOINT_KEY: module.portable_model_config,
         "mvclip_preprocess": {
             "frames": frames, "sampling": "segments", "resolution": resolution, "mean": None, "std": None,
             "resize": "bilinear, short side to resolution, centre crop", "pixels": "RGB in [0, 1]",

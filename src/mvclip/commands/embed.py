@@ -39,6 +39,10 @@ def main(argv: list[str]) -> int:
     from mvclip.inference import ExportedModel
 
     texts = list(args.text)
+    for i, text in enumerate(texts):
+        if not text.strip():
+            print(f"mvclip embed: --text caption {i + 1} ({text!r}) is empty; every caption needs some text", file=sys.stderr)
+            return 2
     if args.text_file:
         texts += [line.strip() for line in Path(args.text_file).read_text().splitlines() if line.strip()]
     videos = _videos(args.video)
@@ -46,11 +50,17 @@ def main(argv: list[str]) -> int:
         parser.error("give at least one --video or --text")
     try:
         model = ExportedModel(args.export, backend=args.backend)
-        video_emb = model.embed_videos(videos).numpy()
+        embedded = model.embed_readable_videos(videos)
         text_emb = model.embed_texts(texts).numpy()
     except (FileNotFoundError, ValueError) as error:
         print(f"mvclip embed: {error}", file=sys.stderr)
         return 2
+    for video, why in embedded.skipped:
+        print(f"mvclip embed: skipped {video}: cannot be read ({why})", file=sys.stderr)
+    if videos and not embedded.videos:
+        print(f"mvclip embed: none of the {len(videos)} videos could be read; nothing was written", file=sys.stderr)
+        return 1
+    videos, video_emb = embedded.videos, embedded.embeddings.numpy()
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
@@ -58,7 +68,8 @@ def main(argv: list[str]) -> int:
                      text=text_emb, text_key=np.array(texts, dtype=str))
 
     path = atomic_write(args.out, write)
-    print(f"wrote {len(videos)} video and {len(texts)} text embeddings to {path}")
+    skipped = f" (skipped {len(embedded.skipped)} unreadable video(s), listed above)" if embedded.skipped else ""
+    print(f"wrote {len(videos)} video and {len(texts)} text embeddings to {path}{skipped}")
     if len(videos) and len(texts):
         similarity = text_emb @ video_emb.T
         for text, row in zip(texts, similarity):

@@ -3,6 +3,8 @@
 The same export the `FuseExport` callback writes at the end of fit (see `mvclip.export`), for any
 checkpoint. It is verified on a seeded random batch at the checkpoint's input size (checkpoints
 record their input pipeline; `--frames`/`--resolution` otherwise), since no data is needed here.
+The model is rebuilt from the config stored in the checkpoint, not from the YAML on disk. `--out`
+must be a new or empty folder or an earlier export: an export never deletes what it did not write.
 """
 from __future__ import annotations
 
@@ -10,42 +12,45 @@ import argparse
 import json
 import sys
 
+from mvclip.errors import ConfigError, RegistryError
 from mvclip.export import ExportError, export_checkpoint, export_dir_for, random_inputs, read_checkpoint
+from mvclip.export_folder import ExportTargetError, check_export_target
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m mvclip export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", required=True, help="a checkpoint written by `python -m mvclip fit`")
-    parser.add_argument("--out", default=None, help="export folder (default: <checkpoint>.export beside it)")
+    parser.add_argument("--out", default=None, help="export folder: new, empty, or an earlier export (default: <checkpoint>.export beside it)")
     parser.add_argument("--frames", type=int, default=None, help="clip length to verify and time at (default: the checkpoint's)")
     parser.add_argument("--resolution", type=int, default=None, help="frame size to verify and time at (default: the checkpoint's, else 256)")
     parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX graphs")
     parser.add_argument("--latency-repeats", type=int, default=10, help="timed runs per model for the latency median")
     args = parser.parse_args(argv)
 
-    from mvclip.lightning_module import VideoTextModule
+    from mvclip.resume import module_from_checkpoint
 
+    out_dir = args.out or export_dir_for(args.ckpt)
     try:
+        check_export_target(out_dir, [args.ckpt])  # refuse before spending minutes on verification
         ckpt = read_checkpoint(args.ckpt)
-    except (FileNotFoundError, ValueError) as error:
+        module = module_from_checkpoint(ckpt, args.ckpt, warn=lambda line: print(f"mvclip export: warning: {line}", file=sys.stderr))
+    except (FileNotFoundError, ValueError, RegistryError) as error:
         print(f"mvclip export: {error}", file=sys.stderr)
         return 2
-    hparams = {k: v for k, v in (ckpt.get("hyper_parameters") or {}).items() if not k.startswith("_")}
-    if "model" not in hparams:
-        print(f"mvclip export: {args.ckpt}: no model hyperparameters; was it written by `python -m mvclip fit`?", file=sys.stderr)
-        return 2
-    module = VideoTextModule(**hparams)
     preprocess = ckpt.get("mvclip_preprocess") or {}
     frames = args.frames or preprocess.get("frames") or module.model.video.num_frames
     resolution = args.resolution or preprocess.get("resolution") or 256
     try:
         out, metrics = export_checkpoint(
-            module, args.ckpt, random_inputs(frames, resolution), out_dir=args.out or export_dir_for(args.ckpt),
+            module, args.ckpt, random_inputs(frames, resolution), out_dir=out_dir,
             onnx=not args.no_onnx, latency_repeats=args.latency_repeats,
         )
     except ExportError as error:
         print(f"mvclip export: {args.ckpt}: {error}; nothing was written", file=sys.stderr)
         return 1
+    except (ExportTargetError, ConfigError) as error:
+        print(f"mvclip export: {error}", file=sys.stderr)
+        return 2
     latency = metrics["latency_ms"]
     print(json.dumps({"params": metrics["params"], "flops": metrics["flops"], "latency_ms": latency}, indent=2))
     print(f"wrote {out}: {', '.join(metrics['files'] + ['metrics.json'])}")
