@@ -22,7 +22,6 @@ import csv
 import math
 import os
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import numpy as np
 
 from .shard_format import write_json_atomic
 from .shard_writer import encode_frames_h264
+from .worker_pool import worker_pool
 
 VERSION = 1
 WIDTH, HEIGHT, FRAMES, FPS = 128, 96, 24, 12
@@ -266,7 +266,7 @@ def generate(out: str | os.PathLike[str], *, num_train: int = 2048, num_val: int
     videos.mkdir(parents=True, exist_ok=True)
     for split, count in info["counts"].items():
         tasks = [(seed, split, i, str(videos)) for i in range(count // 2)]
-        with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        with worker_pool(workers or os.cpu_count() or 1) as pool:
             rows = [row for pair in pool.map(_make_pair, tasks, chunksize=16) for row in pair]
         tmp = out / f".{split}.csv.tmp"
         with open(tmp, "w", newline="", encoding="utf-8") as f:
