@@ -1,13 +1,15 @@
 """MCi attention block (stage 3) and its spatiotemporal form with joint space-time attention."""
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
 from mvclip.blocks.conv_ffn import ConvFFN
-from mvclip.blocks.reparam import bn_affine, detach_parameters, linear_after_affine
+from mvclip.layers.reparam import bn_affine, detach_parameters, linear_after_affine
 from mvclip.registry import register_block
 
 ATTENTION_MODES = ("frame", "joint")
@@ -50,6 +52,9 @@ class MHSA(nn.Module):
 @register_block("attention")
 class AttentionBlock(nn.Module):
     """MCi attention block: x + g1*MHSA(BN(x)), x + g2*ConvFFN(x); per-frame attention (the image model)."""
+
+    no_decay_state: ClassVar[tuple[str, ...]] = ("layer_scale_1", "layer_scale_2")
+    zero_init_state: ClassVar[tuple[str, ...]] = ("layer_scale_1", "layer_scale_2")
 
     stage_pos_embed = "rep_cpe"  # MCi puts one conditional positional encoding before an attention stage
     default_mode = "frame"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mvclip.blocks.reparam import ConvNorm, conv_like, conv_norm, detach_parameters, to_tuple
+from mvclip.layers.reparam import ConvNorm, conv_like, conv_norm, detach_parameters, to_tuple
 from mvclip.registry import register_block
 
 

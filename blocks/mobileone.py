@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mvclip.blocks.reparam import ConvNorm, conv_like, detach_parameters, fold_bn, identity_kernel, pad_kernel, to_tuple
+from mvclip.layers.reparam import ConvNorm, conv_like, detach_parameters, fold_bn, identity_kernel, pad_kernel, to_tuple
 from mvclip.blocks.squeeze_excite import SqueezeExcite
 from mvclip.registry import register_block
 

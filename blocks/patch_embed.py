@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from mvclip.blocks.mobileone import MobileOneBlock
-from mvclip.blocks.reparam import ConvNorm, conv_like, conv_norm, detach_parameters, pad_kernel
+from mvclip.layers.reparam import ConvNorm, conv_like, conv_norm, detach_parameters, pad_kernel
 from mvclip.blocks.squeeze_excite import SqueezeExcite
 from mvclip.registry import register_block
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mvclip.blocks.reparam import conv_like, detach_parameters, identity_kernel, to_tuple
+from mvclip.layers.reparam import conv_like, detach_parameters, identity_kernel, to_tuple
 from mvclip.registry import register_block
 
 

@@ -1,17 +1,22 @@
 """RepMixer (FastViT/MobileCLIP): x + gamma * (mixer(x) - BN(x)), folded into one depthwise conv."""
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
 from mvclip.blocks.conv_ffn import ConvFFN
 from mvclip.blocks.mobileone import MobileOneBlock
-from mvclip.blocks.reparam import conv_like, detach_parameters, identity_kernel, to_tuple
+from mvclip.layers.reparam import conv_like, detach_parameters, identity_kernel, to_tuple
 from mvclip.registry import register_block
 
 
 class RepMixer(nn.Module):
     """The token mixer: `x + gamma * (mixer(x) - norm(x))` with mixer = dwconv-BN + 1x1-BN + BN(x), norm = BN(x)."""
+
+    no_decay_state: ClassVar[tuple[str, ...]] = ("layer_scale",)
+    zero_init_state: ClassVar[tuple[str, ...]] = ("layer_scale",)
 
     def __init__(
         self,
@@ -58,6 +63,9 @@ class RepMixer(nn.Module):
 @register_block("repmixer")
 class RepMixerBlock(nn.Module):
     """MCi convolutional block: RepMixer token mixing, then x + gamma * ConvFFN(x). Fuses to two convs and an MLP."""
+
+    no_decay_state: ClassVar[tuple[str, ...]] = ("layer_scale",)
+    zero_init_state: ClassVar[tuple[str, ...]] = ("layer_scale",)
 
     def __init__(
         self,

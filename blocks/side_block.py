@@ -8,9 +8,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mvclip.blocks.reparam import detach_parameters, linear_after_batchnorm
+from mvclip.layers.reparam import detach_parameters, linear_after_batchnorm
 from mvclip.blocks.side_spatial import SideSpatialAttention
-from mvclip.blocks.side_temporal import SideTemporalAttention, SideTemporalConv, batchnorm_tokens
+from mvclip.blocks.side_temporal import SideTemporalAttention, SideTemporalConv
+from mvclip.layers.tokens import batchnorm_tokens
 from mvclip.registry import register_block
 
 TEMPORAL_MIXERS = ("conv", "attention")

@@ -5,19 +5,16 @@ which folds exactly into the Linear right after it (no padding, unlike a BatchNo
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from einops import rearrange
 from torch import nn
 
-from mvclip.blocks.reparam import bn_affine, detach_parameters, linear_after_batchnorm
-from mvclip.blocks.temporal_position import resample_frames
+from mvclip.layers.reparam import bn_affine, detach_parameters, linear_after_batchnorm
 from mvclip.blocks.token_attention import TokenAttention
-
-
-def batchnorm_tokens(norm: nn.BatchNorm1d | None, x: torch.Tensor) -> torch.Tensor:
-    """BatchNorm over the channels of `(..., C)` tokens: the statistics of Side4Video's BatchNorm3d.
-    `norm` None (folded into the next linear map) passes `x` through."""
-    return x if norm is None else norm(x.reshape(-1, x.shape[-1])).reshape(x.shape)
+from mvclip.layers.resample import resample_frames
+from mvclip.layers.tokens import batchnorm_tokens
 
 
 class SideTemporalConv(nn.Module):
@@ -49,6 +46,9 @@ class SideTemporalConv(nn.Module):
 class SideTemporalAttention(nn.Module):
     """`x + Attn_t(BN(x + TPE))`: self-attention over the T frames of each token position, the variant Side4Video
     compares against the convolution. TPE (zero-initialized, resampled to other clip lengths) gives it an order."""
+
+    no_decay_state: ClassVar[tuple[str, ...]] = ("tpe",)
+    zero_init_state: ClassVar[tuple[str, ...]] = ("tpe",)
 
     def __init__(self, dim: int, num_frames: int = 8, head_dim: int = 64, inference_mode: bool = False) -> None:
         super().__init__()

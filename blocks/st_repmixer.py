@@ -8,7 +8,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from mvclip.blocks.reparam import conv_like, conv_norm, detach_parameters, identity_kernel
+from mvclip.layers.reparam import conv_like, conv_norm, detach_parameters, identity_kernel
 from mvclip.blocks.repmixer import RepMixerBlock
 from mvclip.registry import register_block
 

@@ -4,19 +4,11 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mvclip.blocks.rep_cpe import RepCPE
+from mvclip.layers.resample import resample_frames
 from mvclip.registry import register_block
-
-
-def resample_frames(table: torch.Tensor, frames: int) -> torch.Tensor:
-    """A (T, C) per-frame table at another clip length, by linear interpolation (itself when T == frames)."""
-    if frames == table.shape[0]:
-        return table
-    resampled = F.interpolate(table.t().unsqueeze(0), size=frames, mode="linear", align_corners=False)
-    return resampled[0].t()
 
 
 @register_block("tpe_cpe")
@@ -27,6 +19,8 @@ class TemporalPositionalCPE(RepCPE):
     """
 
     temporal_state: ClassVar[tuple[str, ...]] = ("tpe",)
+    no_decay_state: ClassVar[tuple[str, ...]] = ("tpe",)
+    zero_init_state: ClassVar[tuple[str, ...]] = ("tpe",)
 
     def __init__(self, dim: int, num_frames: int = 8, kernel_size: int = 7, inference_mode: bool = False) -> None:
         super().__init__(dim, kernel_size, inference_mode)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mvclip.blocks.reparam import linear_after_affine
+from mvclip.layers.reparam import linear_after_affine
 
 
 class TokenAttention(nn.Module):

@@ -7,14 +7,14 @@ no fixed statistics to fold).
 """
 from __future__ import annotations
 
-import math
+from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mvclip.blocks.st_repmixer import TemporalMixer
 from mvclip.blocks.text_blocks import TextTransformerLayer
+from mvclip.layers.resample import resample_grid
 from mvclip.registry import register_block
 
 
@@ -24,6 +24,8 @@ class ViTPatchEmbed(nn.Module):
 
     The position table is for `image_size`; other sizes resample it bicubically (the class position stays).
     """
+
+    no_decay_state: ClassVar[tuple[str, ...]] = ("positional_embedding",)
 
     def __init__(self, dim: int = 3, out_dim: int = 768, patch_size: int = 16, image_size: int = 224) -> None:
         super().__init__()
@@ -105,18 +107,3 @@ class ViTHead(nn.Module):
         return self.norm(self.features(x, frames)) @ self.proj
 
 
-def resample_grid(table: torch.Tensor, grid: int, size: tuple[int, int]) -> torch.Tensor:
-    """A (grid*grid, C) table of per-position embeddings at another (height, width), bicubically."""
-    if size == (grid, grid):
-        return table
-    maps = table.reshape(1, grid, grid, -1).permute(0, 3, 1, 2)
-    maps = F.interpolate(maps, size=size, mode="bicubic", align_corners=False)
-    return maps.permute(0, 2, 3, 1).reshape(size[0] * size[1], -1)
-
-
-def token_grid(tokens: int) -> int:
-    """Side length of the square patch grid behind `tokens` patch tokens (class token excluded)."""
-    side = math.isqrt(tokens)
-    if side * side != tokens:
-        raise ValueError(f"{tokens} patch tokens do not form a square grid")
-    return side

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import mvclip
-from mvclip.blocks.reparam import ConvNorm, conv_like, is_batchnorm
+from mvclip.layers.reparam import ConvNorm, conv_like, is_batchnorm
 from mvclip.builder import load_config
 from mvclip.errors import ConfigError
 from mvclip.registry import REGISTRY

@@ -8,7 +8,7 @@ import torch
 from omegaconf import OmegaConf
 
 import mvclip
-from mvclip.blocks.reparam import is_batchnorm
+from mvclip.layers.reparam import is_batchnorm
 from mvclip.blocks.side_spatial import shift_global_token
 from mvclip.builder import build_model
 from mvclip.errors import ConfigError

@@ -243,7 +243,7 @@ def _plan_side(
     num_classes = None
     if head_kind == "classification":
         num_classes = _positive_int(cfg.get("num_classes"), f"{path}.num_classes")
-    if not callable(getattr(head.entry.cls, "features", None)):
+    if not head.entry.traits.has_features:
         raise ConfigError(
             f"{path}: the backbone head {head.entry.name!r} has no `features(x, frames)` (with `norm` and `proj`), "
             "which a side network reads the frozen pre-projection feature from; use mci_head or vit_head"
@@ -308,7 +308,7 @@ def _plan_text(cfg: Any, path: str, embed_dim: int, inference_mode: bool = False
 
 def _default_pos_embed(entry: BlockEntry) -> dict[str, Any] | None:
     """Attention blocks bring their stage's positional encoding (MCi: RepCPE; MobileViCLIP: TPE + CPE)."""
-    name = getattr(entry.cls, "stage_pos_embed", None)
+    name = entry.traits.stage_pos_embed
     return {"block": name} if name else None
 
 
@@ -316,7 +316,7 @@ def _resolve(spec: Any, path: str, **context: Any) -> _Planned:
     """`inference_mode=True` in `context` reaches blocks whose constructor takes it (the YAML may override);
     a reparameterizable block that does not take it is reparameterized right after it is built instead."""
     entry, kwargs = REGISTRY.resolve(spec, path=path, context=context)
-    check_kernel_sizes(entry.name, kwargs, path, allow_even=getattr(entry.cls, "allow_even_kernels", False))
+    check_kernel_sizes(entry.name, kwargs, path, allow_even=entry.traits.allow_even_kernels)
     fold = bool(context.get("inference_mode")) and entry.reparameterizable and "inference_mode" not in kwargs
     return _Planned(path, entry, kwargs, fold)
 

@@ -36,9 +36,10 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from mvclip.blocks.reparam import is_batchnorm
+from mvclip.layers.reparam import is_batchnorm
 from mvclip.builder import build_model
 from mvclip.checkpoints import load_safetensors, load_torch_file
+from mvclip.contracts import is_reparameterizable
 from mvclip.errors import CheckpointError
 from mvclip.export_folder import MARKER_NAME, ExportTargetError, check_export_target, replace_export, write_marker
 from mvclip.fusion import VerifyReport, compare_outputs, fuse
@@ -110,7 +111,7 @@ def _reparameterizable(model: nn.Module) -> dict[str, nn.Module]:
     found: dict[str, nn.Module] = {}
 
     def walk(module: nn.Module, prefix: str) -> None:
-        if callable(getattr(module, "reparameterize", None)):
+        if is_reparameterizable(module):
             found[prefix] = module
             return
         for name, child in module.named_children():

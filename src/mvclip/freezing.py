@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from mvclip.contracts import DeclaresFrozen
 from mvclip.errors import ConfigError
 
 ALIASES = {"temporal": ["*.temporal_mixer", "*.tpe"]}
@@ -43,9 +44,8 @@ def frozen_by_design(model: nn.Module) -> set[str]:
     """Parameters a module declares as never trained (`frozen_parameter_names()`, e.g. a side network's backbone)."""
     names: set[str] = set()
     for module_name, module in model.named_modules():
-        declared = getattr(module, "frozen_parameter_names", None)
-        if callable(declared):
-            names |= {f"{module_name}.{n}" if module_name else n for n in declared()}
+        if isinstance(module, DeclaresFrozen):
+            names |= {f"{module_name}.{n}" if module_name else n for n in module.frozen_parameter_names()}
     return names
 
 

@@ -8,6 +8,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from mvclip.contracts import is_reparameterizable
+
 
 def reparameterize_model(module: nn.Module) -> nn.Module:
     """In place: call `reparameterize()` on every outermost block that has one (it handles its own children)."""
@@ -18,7 +20,7 @@ def reparameterize_model(module: nn.Module) -> nn.Module:
 
 
 def _reparameterize(module: nn.Module) -> None:
-    if callable(getattr(module, "reparameterize", None)):
+    if is_reparameterizable(module):
         module.reparameterize()
         return
     for child in list(module.children()):

@@ -11,10 +11,12 @@ from omegaconf import OmegaConf
 
 from mvclip.builder import apply_overrides, build_model, load_config
 from mvclip.checkpoints import LoadReport, load_weights
+from mvclip.contracts import no_decay_names
 from mvclip.errors import ConfigError
 from mvclip.freezing import FreezePlan, apply_freezing, plan_freezing
 from mvclip.loss import VideoTextContrastiveLoss, clamp_logit_scale_
-from mvclip.metrics import RetrievalMetric, print_table
+from mvclip.markdown import print_table
+from mvclip.metrics import RetrievalMetric
 from mvclip.portable_config import CHECKPOINT_KEY, plain_data, portable_config
 from mvclip.pretrained import PretrainedReport, declared_keys, load_pretrained
 from mvclip.resume import SPEC_KEY, check_restored_checkpoint, rescale_learning_rates
@@ -22,7 +24,6 @@ from mvclip.schedule import warmup_cosine
 from mvclip.temporal_metrics import TemporalMetric, shuffle_order
 from mvclip.zeroshot import DEFAULT_TEMPLATES, ZeroShotAccuracy, build_classifier
 
-_NO_DECAY_NAMES = ("layer_scale", "logit_scale", "tpe", "positional_embedding")
 TEMPORAL_EVAL = ("reverse", "shuffle")
 
 
@@ -34,7 +35,8 @@ class VideoTextModule(L.LightningModule):
         overrides: dotted-key edits of the model config (`{video.stages.3.block: attention}`), for sweeps.
         freeze: parameter patterns not to train (`[text]` is MobileViCLIP's default).
         trainable: if given, the only parameter patterns to train (e.g. `[temporal]`).
-        lr, weight_decay, betas, eps: AdamW; no decay on norms, biases, layer scales, TPE and the logit scale.
+        lr, weight_decay, betas, eps: AdamW; no decay on norms, biases and what blocks declare (`no_decay_state`:
+            layer scales, TPE, positional tables; the logit scale).
         warmup_steps, min_lr_ratio: linear warmup then cosine decay over the run's optimizer steps.
         logit_scale: initial log scale (default: the model config's, ln(1/0.07)); `learn_logit_scale: false` holds it fixed.
         max_logit_scale: the learned scale is clamped to at most this (as a scale, 100 by default) after every step.
@@ -119,6 +121,7 @@ class VideoTextModule(L.LightningModule):
         self.val_temporal = TemporalMetric()
         self.test_temporal = TemporalMetric()
         self.temporal_names = {n for n, _ in self.model.named_parameters()} & declared_keys(self.model, "temporal_state")
+        self.no_decay_names = no_decay_names(self.model)  # biases, norms and what blocks declare (`no_decay_state`)
         self.zero_shot_cfg = zero_shot
         self.val_zero_shot = ZeroShotAccuracy() if zero_shot else None
         self.test_zero_shot = ZeroShotAccuracy() if zero_shot else None
@@ -177,7 +180,7 @@ class VideoTextModule(L.LightningModule):
         for name, param in self.model.named_parameters():
             if not param.requires_grad:
                 continue
-            no_decay = param.ndim < 2 or any(key in name for key in _NO_DECAY_NAMES)
+            no_decay = name in self.no_decay_names
             groups.setdefault((no_decay, name in self.pretrained_names, name in self.temporal_names), []).append(param)
         hp = self.hparams
         if not groups:

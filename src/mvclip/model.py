@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -88,6 +89,8 @@ class TextEncoder(nn.Module):
 
     `attention_mask` (see `text_attention_mask`) reaches the blocks whose forward takes an `attn_mask` argument."""
 
+    no_decay_state: ClassVar[tuple[str, ...]] = ("positional_embedding",)
+
     def __init__(
         self,
         blocks: list[nn.Module],
@@ -127,6 +130,8 @@ class TextEncoder(nn.Module):
 
 class VideoTextModel(nn.Module):
     """Video and text encoders in one embedding space, with CLIP's learnable logit scale (log of 1/temperature)."""
+
+    no_decay_state: ClassVar[tuple[str, ...]] = ("logit_scale",)
 
     def __init__(self, video: VideoEncoder, text: TextEncoder | None, logit_scale: float = math.log(1 / 0.07)) -> None:
         super().__init__()

@@ -23,6 +23,7 @@ from typing import Any, Callable, TypeVar
 
 from torch import nn
 
+from mvclip.contracts import BlockTraits, block_traits
 from mvclip.errors import ConfigError, RegistryError
 
 ENTRY_POINT_GROUP = "mvclip.blocks"
@@ -65,7 +66,12 @@ class BlockEntry:
 
     @property
     def reparameterizable(self) -> bool:
-        return callable(getattr(self.cls, "reparameterize", None))
+        return self.traits.reparameterizable
+
+    @property
+    def traits(self) -> BlockTraits:
+        """What the class declares about itself (`mvclip.contracts`)."""
+        return block_traits(self.cls)
 
     def signature(self) -> inspect.Signature:
         return inspect.signature(self.cls.__init__)
@@ -148,7 +154,7 @@ class BlockRegistry:
                 if isinstance(loaded, type) and issubclass(loaded, nn.Module):
                     if not any(e.cls is loaded for e in self._entries.values()):
                         with self._origin(origin):
-                            self.register(ep.name, loaded, kind=getattr(loaded, "block_kind", "video"))
+                            self.register(ep.name, loaded, kind=block_traits(loaded).kind)
             except Exception as error:  # a broken plugin must not hide the others
                 failure = PluginFailure(ep.name, ep.value, error)
                 self.plugin_failures.append(failure)

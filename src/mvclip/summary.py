@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from mvclip.contracts import block_name
 from mvclip.fusion import fuse
 from mvclip.model import VideoTextModel
 
@@ -30,7 +31,7 @@ def count_params(module: nn.Module) -> int:
 
 
 def _describe(module: nn.Module) -> str:
-    names = [getattr(m, "block_name", None) for m in module.modules()]
+    names = [block_name(m) for m in module.modules()]
     seen: dict[str, int] = {}
     for name in names:
         if name:

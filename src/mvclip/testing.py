@@ -1,7 +1,8 @@
 """Checks for reparameterizable blocks, public so plugin authors can test their own blocks the same way.
 
 `check_block_fusion` builds a block from the registry, randomizes everything that makes its
-branches matter (BatchNorm statistics and affine parameters, layer scales, temporal encodings),
+branches matter (BatchNorm statistics and affine parameters, and the parameters blocks declare as starting at
+zero: layer scales, temporal encodings),
 and compares the fused block with the unfused one. `check_inference_form` checks that a block
 built with `inference_mode=True` takes a reparameterized block's state dict and computes the same.
 """
@@ -13,18 +14,17 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mvclip.blocks.reparam import is_batchnorm
+from mvclip.layers.reparam import is_batchnorm
+from mvclip.contracts import block_width, declared_keys
 from mvclip.fusion import VerifyReport, compare_outputs, reparameterize_model
 from mvclip.registry import REGISTRY, BlockEntry
 from mvclip.summary import count_params
 
-# Parameters that start at zero or near it, which would hide a wrong fold if left alone.
-_RANDOMIZED_NAMES = ("layer_scale", "tpe")
-
 
 @torch.no_grad()
 def randomize_for_fusion_(module: nn.Module, seed: int = 0) -> nn.Module:
-    """In place: non-trivial BatchNorm statistics/affine, layer scales and TPE, so every branch contributes."""
+    """In place: non-trivial BatchNorm statistics/affine and every declared `zero_init_state` (layer scales, TPE),
+    so every branch contributes."""
     gen = torch.Generator().manual_seed(seed)
 
     def uniform(shape: torch.Size, low: float, high: float) -> torch.Tensor:
@@ -37,8 +37,9 @@ def randomize_for_fusion_(module: nn.Module, seed: int = 0) -> nn.Module:
             if sub.affine:
                 sub.weight.copy_(uniform(sub.weight.shape, 0.5, 1.5))
                 sub.bias.copy_(torch.randn(sub.bias.shape, generator=gen) * 0.3)
+    zero_init = declared_keys(module, "zero_init_state")  # would hide a wrong fold if left at zero
     for name, param in module.named_parameters():
-        if any(key in name.rsplit(".", 1)[-1] for key in _RANDOMIZED_NAMES):
+        if name in zero_init:
             param.copy_(uniform(param.shape, 0.2, 1.0) * torch.sign(torch.randn(param.shape, generator=gen)))
     return module
 
@@ -110,7 +111,7 @@ def example_input(entry: BlockEntry, dim: int, frames: int, batch: int = 2, size
         return (torch.randn(batch, 12, dim, generator=gen),)
     if entry.kind == "side":
         return torch.randn(batch * frames, size, dim, generator=gen), torch.randn(batch * frames, dim, generator=gen)
-    if getattr(entry.cls, "input_layout", "map") == "tokens":
+    if entry.traits.input_layout == "tokens":
         return (torch.randn(batch * frames, 1 + size, dim, generator=gen),)
     return (torch.randn(batch * frames, dim, size, size, generator=gen),)
 
@@ -128,7 +129,7 @@ def check_block_fusion(name: str, frames: int = 4, dim: int = 32, seed: int = 0)
     entry = REGISTRY.get(name)
     torch.manual_seed(seed)
     block = randomize_for_fusion_(example_block(entry, dim), seed).eval()
-    x = example_input(entry, getattr(block, "dim", dim), frames, seed=seed)
+    x = example_input(entry, block_width(block, dim), frames, seed=seed)
     reference = _call(entry, block, x, frames)
     fused = reparameterize_model(copy.deepcopy(block))
     out = _call(entry, fused, x, frames)
@@ -172,7 +173,7 @@ def check_inference_form(name: str, frames: int = 4, dim: int = 32, seed: int = 
     fused = reparameterize_model(randomize_for_fusion_(example_block(entry, dim), seed).eval())
     direct = example_block(entry, dim, inference_mode=True).eval()
     direct.load_state_dict(fused.state_dict(), strict=True)
-    x = example_input(entry, getattr(fused, "dim", dim), frames, seed=seed)
+    x = example_input(entry, block_width(fused, dim), frames, seed=seed)
     return InferenceFormCheck(
         block=name,
         reference=_call(entry, fused, x, frames),

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from mvclip.checkpoints import read_state_dict
+from mvclip.contracts import declared_keys
 from mvclip.errors import ConfigError
 from mvclip.pretrained.formats import FORMATS, CheckpointFormat
 
@@ -71,20 +72,6 @@ class PretrainedReport:
         if not self.ok:
             lines.append("  " + self.problems())
         return "\n".join(lines)
-
-
-def declared_keys(model: nn.Module, attribute: str = "temporal_state") -> set[str]:
-    """State keys that modules declare in a class attribute (prefixes relative to the module, "" = all its state).
-
-    `temporal_state`: additions an image checkpoint never has (temporal convs, TPE, side networks).
-    `derived_state`: copies a load hook fills from loaded weights (a side head's copy of the backbone head)."""
-    keys = set(model.state_dict())
-    found: set[str] = set()
-    for name, module in model.named_modules():
-        for prefix in getattr(type(module), attribute, ()):
-            full = ".".join(p for p in (name, prefix) if p)
-            found |= {k for k in keys if not full or k == full or k.startswith(full + ".")}
-    return found
 
 
 def strip_ddp_prefix(state: dict[str, Any]) -> dict[str, Any]:

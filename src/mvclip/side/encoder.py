@@ -6,8 +6,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from mvclip.contracts import SyncsFromBackbone
 from mvclip.model import Stage, VideoEncoder
-from mvclip.side.heads import SideRetrievalHead
 from mvclip.side.network import FUSION_POINTS, SideNetwork
 
 BACKBONE_PARTS = ("stem", "stages", "head")
@@ -116,7 +116,7 @@ def _sync_head_after_load(module: SideVideoEncoder, incompatible: nn.modules.mod
     """A backbone-only state dict (an image or frame-mean checkpoint) loads with the retrieval head's copies of
     the backbone's norm and projection missing: take them from the freshly loaded backbone head."""
     head = module.side_head
-    if not isinstance(head, SideRetrievalHead):
+    if not isinstance(head, SyncsFromBackbone):
         return
     copies = [k for k in incompatible.missing_keys if k.endswith("side_head.proj") or "side_head.norm." in k]
     if copies:

@@ -7,8 +7,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from mvclip.blocks.reparam import detach_parameters, linear_after_batchnorm
-from mvclip.blocks.side_temporal import batchnorm_tokens
+from mvclip.layers.reparam import detach_parameters, linear_after_batchnorm
+from mvclip.layers.tokens import batchnorm_tokens
 
 
 class SideRetrievalHead(nn.Module):

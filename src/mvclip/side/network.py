@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from mvclip.blocks.reparam import conv_like, conv_norm, detach_parameters
-from mvclip.blocks.vit import resample_grid, token_grid
+from mvclip.layers.reparam import ConvNorm, conv_like, conv_norm, detach_parameters
+from mvclip.layers.resample import resample_grid, token_grid
 
 FUSION_LAYERS = ("all", "interval", "top")  # Side4Video's three choices of fused backbone layers
 FUSION_POINTS = ("blocks", "stages")  # a plain backbone fuses block outputs; a hierarchical one, stage outputs
@@ -32,6 +32,8 @@ class SideStem(nn.Module):
     """The side stream's own input: a 3 x p x p conv over the clip (stride p in space, 1 in time) + BatchNorm,
     then a learned spatial position table for a `grid` x `grid` patch grid (resampled to other grids)."""
 
+    no_decay_state: ClassVar[tuple[str, ...]] = ("positional_embedding",)
+
     def __init__(self, width: int, patch_size: int = 16, grid: int = 14, in_channels: int = 3, inference_mode: bool = False) -> None:
         super().__init__()
         self.patch_size, self.grid = patch_size, grid
@@ -49,7 +51,7 @@ class SideStem(nn.Module):
         return tokens + resample_grid(self.positional_embedding, self.grid, (height, width)).to(tokens.dtype), (height, width)
 
     def reparameterize(self) -> None:
-        if hasattr(self.conv, "fused_kernel_bias"):
+        if isinstance(self.conv, ConvNorm):
             self.conv = conv_like(self.conv.conv, *self.conv.fused_kernel_bias())
         detach_parameters(self)
 
