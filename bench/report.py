@@ -4,12 +4,11 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
-import re
 from pathlib import Path
 
 import torch
 
-from mvclip.checkpoints import atomic_write
+from mvclip import markdown
 
 BENCHMARKS_MD = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 HEADER = "# Benchmarks\n\nEach section is written by the script it names; numbers are measured, never edited by hand.\n"
@@ -33,8 +32,4 @@ def today() -> str:
 
 def write_section(heading: str, body: str, path: Path = BENCHMARKS_MD) -> None:
     """Replace (or append) the `## heading` section, leaving the other scripts' sections alone; atomic."""
-    text = path.read_text() if path.exists() else HEADER
-    section = f"## {heading}\n\n{body.strip()}\n"
-    pattern = re.compile(rf"^## {re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(lambda _: section + "\n", text, count=1) if pattern.search(text) else text.rstrip() + "\n\n" + section
-    atomic_write(path, lambda tmp: tmp.write_text(text.rstrip() + "\n"))
+    markdown.write_section(path, heading, body, header=HEADER)

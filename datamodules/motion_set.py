@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .shard_format import write_json_atomic
+from mvclip.atomic import atomic_write, write_json_atomic
+
 from .shard_writer import encode_frames_h264
 from .worker_pool import worker_pool
 
@@ -240,9 +241,7 @@ def _make_pair(task: tuple[int, str, int, str]) -> list[dict[str, str]]:
         path = Path(folder) / name
         if not path.is_file():
             data = encode_frames_h264(forward[::-1] if reverse else forward, FPS, keyframe_interval=8, crf=18, threads=1)
-            tmp = path.with_name(f".{name}.tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
+            atomic_write(path, lambda tmp: tmp.write_bytes(data))
         rows += [{"path": name, "caption": text, "group": group, "label": str(CLASSES.index(event)), "label_name": event}
                  for text in captions(event, scene)]
     return rows
@@ -268,12 +267,13 @@ def generate(out: str | os.PathLike[str], *, num_train: int = 2048, num_val: int
         tasks = [(seed, split, i, str(videos)) for i in range(count // 2)]
         with worker_pool(workers or os.cpu_count() or 1) as pool:
             rows = [row for pair in pool.map(_make_pair, tasks, chunksize=16) for row in pair]
-        tmp = out / f".{split}.csv.tmp"
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=["path", "caption", "group", "label", "label_name"])
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, out / f"{split}.csv")
+        def write_csv(tmp: Path, rows: list[dict[str, str]] = rows) -> None:
+            with open(tmp, "w", newline="", encoding="utf-8") as f:
+                writer = csv.DictWriter(f, fieldnames=["path", "caption", "group", "label", "label_name"])
+                writer.writeheader()
+                writer.writerows(rows)
+
+        atomic_write(out / f"{split}.csv", write_csv)
     write_json_atomic(marker, info)
     return out
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import random
 import re
 import tarfile
@@ -39,6 +38,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from mvclip.distributed import rank_and_world_size
 from mvclip.errors import ConfigError
 
 from .bad_samples import BadSampleCounter, TooManyBadSamples
@@ -269,13 +269,6 @@ def raw_group(raw: dict[str, Any]) -> str | None:
 # --------------------------------------------------------------------------------------------
 # Splitting work
 # --------------------------------------------------------------------------------------------
-def dist_rank_world() -> tuple[int, int]:
-    """(rank, world size) from torch.distributed when initialised, else RANK/WORLD_SIZE, else (0, 1)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
 def shuffled_shards(shards: Sequence[Shard], seed: int, epoch: int) -> list[Shard]:
     """The epoch's shard order, the same on every rank (seeded by seed and epoch only)."""
     order = list(shards)
@@ -362,7 +355,7 @@ class ShardDataset(IterableDataset):
         self.epoch_samples = epoch_samples or self.total_samples
         # set by ShardLoader in the main process just before workers start
         self.epoch = 0
-        self.rank, self.world_size = dist_rank_world()
+        self.rank, self.world_size = rank_and_world_size(from_environment=True)
 
     # -- plan ------------------------------------------------------------------------------
     def check_split(self) -> None:
@@ -622,6 +615,6 @@ class ShardLoader(DataLoader):
         self._explicit_epoch = None
         self._iterations += 1
         ds.epoch = int(epoch)
-        ds.rank, ds.world_size = dist_rank_world()
+        ds.rank, ds.world_size = rank_and_world_size(from_environment=True)
         ds.check_split()
         return super().__iter__()

@@ -124,32 +124,3 @@ def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
     return manifest
 
 
-def shard_paths(directory: str | os.PathLike[str]) -> list[Path]:
-    """Paths of the shards a manifest lists, in order."""
-    return [Path(directory) / s["name"] for s in read_manifest(directory)["shards"]]
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON so readers see the old file or the new one, never a half-written one."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, ensure_ascii=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make a rename durable (no-op where directories cannot be opened, e.g. Windows)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -33,10 +33,11 @@ import av
 import numpy as np
 from tqdm import tqdm
 
+from mvclip.atomic import fsync_dir, write_json_atomic
+
 from . import probe as probe_mod
 from .shard_format import (
-    MANIFEST_NAME, MANIFEST_VERSION, PROGRESS_NAME, TEACHER_EXTENSION, VIDEO_EXTENSIONS, fsync_dir,
-    read_manifest, safe_key, shard_name, write_json_atomic,
+    MANIFEST_NAME, MANIFEST_VERSION, PROGRESS_NAME, TEACHER_EXTENSION, VIDEO_EXTENSIONS, read_manifest, safe_key, shard_name,
 )
 from .worker_pool import worker_pool
 

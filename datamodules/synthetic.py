@@ -22,14 +22,16 @@ import os
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 from tqdm import tqdm
 
-from .shard_format import read_manifest, write_json_atomic
+from mvclip.atomic import write_json_atomic
+
+from .shard_format import read_manifest
 from .shard_writer import ClipSource, encode_frames_h264, write_shards
 from .worker_pool import worker_pool
 
@@ -472,11 +474,6 @@ def synthetic_summary(root: str | os.PathLike[str]) -> str:
     size = sum(p.stat().st_size for p in root.rglob("*.tar"))
     parts = ", ".join(f"{n} {s}" for s, n in counts.items())
     return f"synthetic dataset at {root}: {parts} clips, {size / 2**20:.1f} MiB"
-
-
-def spec_dict(spec: SceneSpec) -> dict[str, Any]:
-    """A SceneSpec as plain JSON-able data (for debugging and tests)."""
-    return asdict(spec)
 
 
 __all__ = [

@@ -22,7 +22,8 @@ import yaml
 from mvclip import export_folder
 from mvclip.builder import build_model
 from mvclip.cli import main as cli_main
-from mvclip.datamodules import shard_writer, shards_cli
+from mvclip.commands import shards as shards_cli
+from mvclip.datamodules import shard_writer
 from mvclip.datamodules.annotations import AnnotationError, read_annotations
 from mvclip.datamodules.probe import probe_video
 from mvclip.datamodules.shard_format import read_manifest, safe_key

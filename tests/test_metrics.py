@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from mvclip.metrics import RetrievalMetric, print_table, rank_stats, stable_hash
+from mvclip.markdown import print_table
+from mvclip.metrics import RetrievalMetric, rank_stats
+from mvclip.sample_keys import stable_hash
 from mvclip.zeroshot import ZeroShotAccuracy
 
 KEYS = ("R@1", "R@5", "R@10", "MdR", "MnR")

@@ -15,6 +15,7 @@ import yaml
 from mvclip import sweep as sw
 from mvclip.commands.sweep import main as sweep_main
 from mvclip.errors import ConfigError
+from mvclip.markdown import replace_section
 
 ROOT = Path(__file__).resolve().parents[1]
 ABLATIONS = ROOT / "recipes" / "ablations"
@@ -391,8 +392,8 @@ def test_docs_section_is_written_and_replaced_without_touching_others(tmp_path, 
 
 
 def test_replace_section_appends_to_an_empty_file():
-    assert sw.replace_section("", "x", "## x\n\nbody\n") == "## x\n\nbody\n"
-    assert sw.replace_section("## x\nold\n## y\n", "x", "## x\nnew") == "## x\nnew\n\n## y\n"
+    assert replace_section("", "x", "## x\n\nbody\n") == "## x\n\nbody\n"
+    assert replace_section("## x\nold\n## y\n", "x", "## x\nnew") == "## x\nnew\n\n## y\n"
 
 
 # -- end to end ------------------------------------------------------------------------------------------

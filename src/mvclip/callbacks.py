@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 
-from mvclip.checkpoints import atomic_write
+from mvclip.atomic import atomic_write
 
 
 class EmbeddingWriter(BasePredictionWriter):

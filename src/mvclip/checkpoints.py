@@ -1,13 +1,11 @@
-"""Loading weights safely (safetensors, or torch.load with weights_only=True) and writing files atomically."""
+"""Loading weights safely (safetensors, or torch.load with weights_only=True)."""
 from __future__ import annotations
 
 import importlib
 import os
 import pickle
 import re
-import tempfile
 import zipfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,28 +16,6 @@ from torch import nn
 from mvclip.errors import CheckpointError, ConfigError
 
 MODULE_PREFIX = "model."  # VideoTextModule keeps the VideoTextModel as `self.model`
-
-
-def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp)` on a temporary file next to `path`, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; the result should read like any other
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def load_torch_file(path: str | os.PathLike[str]) -> Any:

@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("mvclip.commands.convert", "MobileCLIP weights (Apple, timm, open_clip) -> an mvclip checkpoint and a fused export"),
     "embed": ("mvclip.commands.embed", "embed videos and texts with an exported (fused) model, no training stack"),
     "sweep": ("mvclip.commands.sweep", "run an ablation sweep and write its table, CSV and plot"),
-    "shards": ("mvclip.datamodules.shards_cli", "build WebDataset shards from videos or the synthetic set"),
+    "shards": ("mvclip.commands.shards", "build WebDataset shards from videos or the synthetic set"),
 }
 
 

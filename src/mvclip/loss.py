@@ -16,7 +16,7 @@ gather (the logit scale) get ``dL_r/dp`` on each rank, whose DDP average is agai
 Logit scale: the model stores ``log(1 / temperature)`` as a parameter (init ``ln(1/0.07)``) and
 passes ``exp()`` of it here; :func:`clamp_logit_scale_` caps it at ``ln(100)`` after each optimizer
 step. A fixed scale (MobileViCLIP's configs hold it at 100) is just a parameter with
-``requires_grad=False`` (:func:`fix_logit_scale_`).
+``requires_grad=False`` (``learn_logit_scale: false`` in a recipe).
 """
 from __future__ import annotations
 
@@ -28,20 +28,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mvclip.distributed import rank_and_world_size
+
 __all__ = [
     "VideoTextContrastiveLoss",
     "gather_features",
     "clamp_logit_scale_",
-    "fix_logit_scale_",
-    "dist_world_size_rank",
 ]
-
-
-def dist_world_size_rank(group: Any = None) -> tuple[int, int]:
-    """(world_size, rank) of ``group`` when torch.distributed is up, else (1, 0)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(group), dist.get_rank(group)
-    return 1, 0
 
 
 def _all_gather_rows(x: Tensor, group: Any) -> Tensor:
@@ -81,7 +74,7 @@ def gather_features(
     """
     if video.shape != text.shape:
         raise ValueError(f"video {tuple(video.shape)} and text {tuple(text.shape)} embeddings must match")
-    detected_ws, detected_rank = dist_world_size_rank(group)
+    detected_rank, detected_ws = rank_and_world_size(group)
     world_size = detected_ws if world_size is None else world_size
     rank = detected_rank if rank is None else rank
     if world_size == 1:
@@ -136,10 +129,10 @@ class VideoTextContrastiveLoss(nn.Module):
         self.rank = rank
         self.group = group
 
-    def _world(self) -> tuple[int, int]:
+    def _rank_and_world_size(self) -> tuple[int, int]:
         if self.world_size is not None:
-            return self.world_size, self.rank  # type: ignore[return-value]
-        return dist_world_size_rank(self.group)
+            return self.rank, self.world_size  # type: ignore[return-value]
+        return rank_and_world_size(self.group)
 
     def forward(
         self,
@@ -162,7 +155,7 @@ class VideoTextContrastiveLoss(nn.Module):
             video_emb = F.normalize(video_emb, dim=-1)
             text_emb = F.normalize(text_emb, dim=-1)
 
-        world_size, rank = self._world()
+        rank, world_size = self._rank_and_world_size()
         batch = video_emb.shape[0]
         if world_size > 1:
             all_video, all_text = gather_features(
@@ -206,14 +199,3 @@ def clamp_logit_scale_(param: nn.Parameter | Tensor, max_log: float = math.log(1
     """
     with torch.no_grad():
         param.clamp_(min=min_log, max=max_log)
-
-
-def fix_logit_scale_(param: nn.Parameter, scale: float = 100.0) -> None:
-    """Hold the logit scale at ``scale`` (MobileViCLIP's configs: 100): set ``log(scale)``, stop its grad.
-
-    A frozen parameter also drops out of the optimizer when parameters are filtered on
-    ``requires_grad``, and checkpoints keep the same key as a learnable scale.
-    """
-    with torch.no_grad():
-        param.fill_(math.log(scale))
-    param.requires_grad_(False)

@@ -8,7 +8,6 @@ float64, so a collapsed model cannot score R@1 = 100 by having every similarity 
 """
 from __future__ import annotations
 
-import hashlib
 from typing import Callable, Sequence
 
 import torch
@@ -16,30 +15,11 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-__all__ = ["RetrievalMetric", "stable_hash", "hash_keys", "first_occurrence", "rank_stats", "print_table"]
+from mvclip.sample_keys import first_occurrence, hash_keys
+
+__all__ = ["RetrievalMetric", "rank_stats"]
 
 _RECALL_KS = (1, 5, 10)
-
-
-def stable_hash(text: str) -> int:
-    """A signed int64 from blake2b of the UTF-8 text: equal on every rank and every run (unlike `hash`)."""
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
-
-
-def hash_keys(keys: Sequence[str], device: torch.device | str | None = None) -> Tensor:
-    """`stable_hash` of every key as an int64 tensor (tensors, unlike strings, can be all-gathered)."""
-    return torch.tensor([stable_hash(k) for k in keys], dtype=torch.int64, device=device).reshape(-1)
-
-
-def first_occurrence(ids: Tensor) -> Tensor:
-    """Indices of the first occurrence of every distinct id, in order of appearance (order-independent metrics)."""
-    if ids.numel() == 0:
-        return ids.new_zeros(0)
-    uniq, inverse = torch.unique(ids, return_inverse=True)
-    positions = torch.arange(ids.numel(), device=ids.device)
-    first = torch.full((uniq.numel(),), ids.numel(), dtype=torch.long, device=ids.device)
-    first.scatter_reduce_(0, inverse, positions, reduce="amin")
-    return first.sort().values
 
 
 def rank_stats(ranks: Tensor, prefix: str) -> dict[str, float]:
@@ -237,43 +217,3 @@ class RetrievalMetric(Metric):
             col_lse = torch.logaddexp(col_lse, torch.logsumexp(z, dim=0))
             row_lse.append(torch.logsumexp(z, dim=1))
         return col_lse, torch.cat(row_lse)
-
-
-def _format_value(value: float, integral_as_int: bool = False) -> str:
-    value = float(value)
-    if integral_as_int and value.is_integer():
-        return str(int(value))
-    return f"{value:.2f}"
-
-
-def _markdown(header: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
-    return [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *[line(r) for r in rows]]
-
-
-def print_table(results: dict[str, float], title: str) -> str:
-    """Results as aligned Markdown tables (returned, not printed, so the caller decides which rank logs it).
-
-    Keys shaped `row/column` (e.g. `t2v/R@1`) form wide tables, one per set of columns (retrieval rows share one;
-    `zeroshot/*` and `temporal/*` get their own); the other keys (e.g. `num_videos`) follow as a name/value table.
-    """
-    grouped: dict[str, dict[str, float]] = {}
-    plain: list[tuple[str, float]] = []
-    for key, value in results.items():
-        value = value.item() if isinstance(value, Tensor) else value
-        if "/" in key:
-            row, col = key.rsplit("/", 1)
-            grouped.setdefault(row, {})[col] = value
-        else:
-            plain.append((key, value))
-    tables: dict[tuple[str, ...], list[str]] = {}  # column set -> its rows, in order of first appearance
-    for row, vals in grouped.items():
-        tables.setdefault(tuple(vals), []).append(row)
-    lines = [f"### {title}"]
-    for columns, rows in tables.items():
-        body = [[row] + [_format_value(grouped[row][c]) for c in columns] for row in rows]
-        lines += ["", *_markdown(["", *columns], body)]
-    if plain:
-        lines += ["", *_markdown(["metric", "value"], [[k, _format_value(v, integral_as_int=True)] for k, v in plain])]
-    return "\n".join(lines)

@@ -42,8 +42,9 @@ from typing import Any
 
 import yaml
 
-from mvclip.checkpoints import atomic_write
+from mvclip.atomic import atomic_write
 from mvclip.errors import ConfigError
+from mvclip.markdown import table, write_section
 
 SWEEP_KEYS = ("name", "base", "description", "seeds", "checkpoint", "overrides", "variants", "baseline")
 CHECKPOINT_KINDS = ("last", "best")
@@ -633,10 +634,8 @@ def _short(text: str, limit: int) -> str:
 
 
 def markdown_table(sweep: Sweep, rows: Sequence[VariantRow]) -> str:
-    from mvclip.metrics import _markdown
-
     header, body = table_rows(sweep, rows)
-    return "\n".join(_markdown(header, body))
+    return "\n".join(table(header, body))
 
 
 def _notes(sweep: Sweep, rows: Sequence[VariantRow]) -> list[str]:
@@ -767,36 +766,6 @@ def write_plot(path: Path, sweep: Sweep, rows: Sequence[VariantRow]) -> Path:
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
 
 
-def replace_section(text: str, heading: str, section: str) -> str:
-    """Replace the `## heading` section of a Markdown text (up to the next `#`/`##` heading outside code
-    fences) with `section`, or append it; everything else stays as it was."""
-    lines = text.splitlines()
-    start = end = None
-    fenced = False
-    for i, line in enumerate(lines):
-        if line.lstrip().startswith(("```", "~~~")):
-            fenced = not fenced
-            continue
-        if fenced:
-            continue
-        if start is None and line.strip() == f"## {heading}":
-            start = i
-        elif start is not None and (line.startswith("## ") or line.startswith("# ")):
-            end = i
-            break
-    new = section.rstrip("\n").splitlines()
-    if start is None:
-        while lines and not lines[-1].strip():
-            lines.pop()
-        lines = lines + ([""] if lines else []) + new
-    else:
-        end = len(lines) if end is None else end
-        lines = lines[:start] + new + [""] + lines[end:]
-        while lines and not lines[-1].strip():
-            lines.pop()
-    return "\n".join(lines) + "\n"
-
-
 def write_reports(sweep: Sweep, rows: Sequence[VariantRow], root: Path, command: str,
                   docs: Path | None = None, date: str | None = None) -> list[Path]:
     """`ablation.md`, `ablation.csv` (one row per variant), `ablation_runs.csv` (one row per run), `ablation.png`;
@@ -814,9 +783,7 @@ def write_reports(sweep: Sweep, rows: Sequence[VariantRow], root: Path, command:
         image = docs.parent / docs.stem / f"{sweep.name}.png"
         atomic_write(image, lambda tmp: shutil.copyfile(png, tmp))
         link = os.path.relpath(image, docs.parent).replace(os.sep, "/")
-        section = f"## {sweep.name}\n\n" + report_body(sweep, rows, command, date, link)
-        old = docs.read_text() if docs.is_file() else ""
-        atomic_write(docs, lambda tmp: tmp.write_text(replace_section(old, sweep.name, section)))
+        write_section(docs, sweep.name, report_body(sweep, rows, command, date, link))
         written += [docs, image]
     return written
 

@@ -23,7 +23,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from mvclip.metrics import first_occurrence, hash_keys
+from mvclip.sample_keys import first_occurrence, hash_keys
 
 __all__ = ["TemporalMetric", "RESOLUTION", "order_sensitivity", "twin_accuracy", "shuffle_order"]
 

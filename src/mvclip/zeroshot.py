@@ -14,7 +14,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from mvclip.metrics import first_occurrence, hash_keys
+from mvclip.sample_keys import first_occurrence, hash_keys
 
 __all__ = ["DEFAULT_TEMPLATES", "build_classifier", "ZeroShotAccuracy"]
 

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from mvclip.datamodules import shard_writer, shards_cli
+from mvclip.commands import shards as shards_cli
+from mvclip.datamodules import shard_writer
 from mvclip.datamodules.annotations import AnnotationError, detect_format, read_annotations
 from mvclip.datamodules.probe import probe_video
 from mvclip.datamodules.shard_format import (

@@ -223,7 +223,7 @@ def test_ensure_is_idempotent_concurrent_and_cached(tmp_path: Path,
 
 
 def test_cli_synthetic(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from mvclip.datamodules import shards_cli
+    from mvclip.commands import shards as shards_cli
 
     out = tmp_path / "syn"
     assert shards_cli.main(["--synthetic", "6", "--out", str(out), "--seed", "5", "--frames", "8",

@@ -95,7 +95,7 @@ def write_checkpoint(module: VideoTextModule, path: Path, *, source: str, format
     module's hyperparameters (self-contained: no recipe path), and the input pipeline the weights expect."""
     import lightning
 
-    from mvclip.checkpoints import atomic_write
+    from mvclip.atomic import atomic_write
     from mvclip.portable_config import CHECKPOINT_KEY
 
     checkpoint = {

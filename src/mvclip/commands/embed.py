@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mvclip.checkpoints import atomic_write
+from mvclip.atomic import atomic_write
 
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mkv", ".avi", ".mov"}
 

@@ -18,7 +18,7 @@ from mvclip.callbacks import EmbeddingWriter
 from mvclip.datamodules.datamodule import VideoTextDataModule
 from mvclip.errors import USER_ERRORS, CheckpointError
 from mvclip.lightning_module import VideoTextModule
-from mvclip.metrics import print_table
+from mvclip.markdown import print_table
 from mvclip.resume import (
     OMITTED_KEY, conflict_error, hparam_conflicts, model_config_to_build, same_value, saved_hparams, saved_spec,
 )

@@ -1,4 +1,4 @@
-"""`python -m mvclip shards`: build shards from annotated videos, or the synthetic dataset.
+"""`python -m mvclip shards`: build shards from annotated videos, or the synthetic dataset (`mvclip.datamodules`).
 
     python -m mvclip shards --videos DIR --annotations FILE --out DIR [--format msrvtt|...]
     python -m mvclip shards --synthetic 2000 --out DIR [--seed 0]
@@ -11,9 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from .annotations import FORMATS, AnnotationError, detect_format, read_annotations
-from .shard_writer import DEFAULT_SAMPLES_PER_SHARD, summary_line, write_shards
-from .text_encoding import DEFAULT_ENCODING
+from mvclip.datamodules.annotations import FORMATS, AnnotationError, detect_format, read_annotations
+from mvclip.datamodules.shard_writer import DEFAULT_SAMPLES_PER_SHARD, summary_line, write_shards
+from mvclip.datamodules.text_encoding import DEFAULT_ENCODING
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.synthetic is not None:
         if args.videos or args.annotations:
             parser.error("--synthetic generates its own videos; drop --videos/--annotations")
-        from .synthetic import ensure_synthetic_dataset, synthetic_summary
+        from mvclip.datamodules.synthetic import ensure_synthetic_dataset, synthetic_summary
 
         kwargs = {k: v for k, v in (("frames", args.frames), ("size", args.size)) if v}
         root = ensure_synthetic_dataset(
