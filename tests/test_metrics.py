@@ -22,7 +22,7 @@ KEYS = ("R@1", "R@5", "R@10", "MdR", "MnR")
 
 # ---------------------------------------------------------------- reference (loops, NumPy, no torch)
 def reference(videos: dict[str, np.ndarray], captions: list[tuple[str, np.ndarray]]) -> dict[str, float]:
-    """Brute force: every caption/video ranked by counting, per ground-truth caption, then min (design.md §6)."""
+    """Brute force: every caption/video ranked by counting, per ground-truth caption, then min (docs/design.md §6)."""
     vkeys = list(videos)
     V = np.stack([videos[k].astype(np.float64) / np.linalg.norm(videos[k].astype(np.float64)) for k in vkeys])
     T = np.stack([e.astype(np.float64) / np.linalg.norm(e.astype(np.float64)) for _, e in captions])

@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -41,6 +42,7 @@ from mvclip.builder import build_model
 from mvclip.checkpoints import load_safetensors, load_torch_file
 from mvclip.contracts import is_reparameterizable
 from mvclip.errors import CheckpointError
+from mvclip.extras import installed, missing_note
 from mvclip.export_folder import MARKER_NAME, ExportTargetError, check_export_target, replace_export, write_marker
 from mvclip.fusion import VerifyReport, compare_outputs, fuse
 from mvclip.model import VideoTextModel
@@ -317,7 +319,9 @@ def export_model(
                 if not check.ok:
                     raise ExportError(f"the export folder does not rebuild the fused model: {check}")
                 checks.append(check)
-        if onnx:
+        if onnx and not installed("onnx"):
+            print(missing_note("onnx", "ONNX graphs"), file=sys.stderr)
+        elif onnx:
             checks += export_onnx(rebuilt, inputs, tmp)
         metrics: dict[str, Any] = dict(extra_metrics or {})
         metrics.update(measure(reference, fused, inputs["video"], inputs.get("text"), latency_repeats))

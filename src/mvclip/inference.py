@@ -18,6 +18,7 @@ import torch
 
 import av
 
+from mvclip.extras import installed
 from mvclip.datamodules.decode import DecodeError
 from mvclip.datamodules.pipeline import SampleDecoder
 from mvclip.datamodules.transforms import VideoTransform
@@ -50,6 +51,8 @@ class ExportedModel:
         if backend == "torch":
             self.model = load_export(self.folder)
         else:
+            if not installed("onnx"):
+                raise FileNotFoundError(f"{self.folder}: backend 'onnx' needs onnxruntime (pip install \"mvclip[onnx]\")")
             import onnxruntime as ort
 
             self.sessions = {}

@@ -1,4 +1,4 @@
-"""Text-video retrieval metrics that stay correct under DDP (design.md §6).
+"""Text-video retrieval metrics that stay correct under DDP (docs/design.md §6).
 
 `RetrievalMetric` accumulates embeddings plus stable key hashes in list states that torchmetrics
 concatenates across ranks; `compute()` then drops duplicated samples (DistributedSampler pads the

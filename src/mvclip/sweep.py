@@ -44,6 +44,7 @@ import yaml
 
 from mvclip.atomic import atomic_write
 from mvclip.errors import ConfigError
+from mvclip.extras import installed, missing_note
 from mvclip.markdown import table, write_section
 
 SWEEP_KEYS = ("name", "base", "description", "seeds", "checkpoint", "overrides", "variants", "baseline")
@@ -688,7 +689,7 @@ def _variant_lines(sweep: Sweep) -> list[str]:
     return lines
 
 
-def report_body(sweep: Sweep, rows: Sequence[VariantRow], command: str, date: str, image: str) -> str:
+def report_body(sweep: Sweep, rows: Sequence[VariantRow], command: str, date: str, image: str | None) -> str:
     """The report without its title: description, command, table, notes, variants, plot."""
     parts = []
     if sweep.description:
@@ -696,7 +697,8 @@ def report_body(sweep: Sweep, rows: Sequence[VariantRow], command: str, date: st
     parts += [f"Command (run {date}):", "", "```", command, "```", "", markdown_table(sweep, rows), ""]
     parts += [f"- {note}" for note in _notes(sweep, rows)]
     parts += ["", "Variants (dotted overrides of `" + sweep.base + "`):", "", *_variant_lines(sweep), ""]
-    parts += [f"![{sweep.name}: T2V R@1 against fused CPU latency]({image})", ""]
+    if image is not None:
+        parts += [f"![{sweep.name}: T2V R@1 against fused CPU latency]({image})", ""]
     return "\n".join(parts)
 
 
@@ -737,8 +739,12 @@ def runs_csv(sweep: Sweep, rows: Sequence[VariantRow]) -> str:
     return _csv_text(header, out)
 
 
-def write_plot(path: Path, sweep: Sweep, rows: Sequence[VariantRow]) -> Path:
-    """Fused latency (x) against T2V R@1 (y), std error bars, one labelled point per variant (Figure 1's view)."""
+def write_plot(path: Path, sweep: Sweep, rows: Sequence[VariantRow]) -> Path | None:
+    """Fused latency (x) against T2V R@1 (y), std error bars, one labelled point per variant (Figure 1's view);
+    None, with a note, where matplotlib is not installed."""
+    if not installed("plot"):
+        print(missing_note("plot", "the latency-vs-R@1 plot"), file=sys.stderr)
+        return None
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -773,18 +779,19 @@ def write_reports(sweep: Sweep, rows: Sequence[VariantRow], root: Path, command:
     date = date or _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     written = []
     png = write_plot(root / "ablation.png", sweep, rows)
-    md = f"# Ablation: {sweep.name}\n\n" + report_body(sweep, rows, command, date, "ablation.png")
+    md = f"# Ablation: {sweep.name}\n\n" + report_body(sweep, rows, command, date, png and png.name)
     written.append(atomic_write(root / "ablation.md", lambda tmp: tmp.write_text(md)))
     written.append(atomic_write(root / "ablation.csv", lambda tmp: tmp.write_text(variants_csv(sweep, rows))))
     written.append(atomic_write(root / "ablation_runs.csv", lambda tmp: tmp.write_text(runs_csv(sweep, rows))))
-    written.append(png)
+    written += [png] if png else []
     if docs is not None:
         docs = Path(docs)
-        image = docs.parent / docs.stem / f"{sweep.name}.png"
-        atomic_write(image, lambda tmp: shutil.copyfile(png, tmp))
-        link = os.path.relpath(image, docs.parent).replace(os.sep, "/")
+        image = docs.parent / docs.stem / f"{sweep.name}.png" if png else None
+        if image is not None:
+            atomic_write(image, lambda tmp: shutil.copyfile(png, tmp))
+        link = image and os.path.relpath(image, docs.parent).replace(os.sep, "/")
         write_section(docs, sweep.name, report_body(sweep, rows, command, date, link))
-        written += [docs, image]
+        written += [docs] + ([image] if image else [])
     return written
 
 

@@ -1,7 +1,7 @@
 """Zero-shot video classification: prompt-ensembled class embeddings and a DDP-safe accuracy metric.
 
 Class names go through prompt templates; each prompt is embedded and L2-normalized, the prompts of
-a class are averaged and the mean renormalized (CLIP's recipe, design.md §6). `ZeroShotAccuracy`
+a class are averaged and the mean renormalized (CLIP's recipe, docs/design.md §6). `ZeroShotAccuracy`
 ranks the true class with the same pessimistic tie rule as retrieval and de-duplicates samples by
 key, so DistributedSampler padding does not change the reported accuracy.
 """

@@ -148,7 +148,7 @@ def _timm_image_rules(prefix: str) -> tuple[KeyRule, ...]:
     )
 
 
-# Apple's FastViT keeps stages, downsamplings and the RepCPE in one flat list (design.md section 4).
+# Apple's FastViT keeps stages, downsamplings and the RepCPE in one flat list (docs/design.md §4).
 _APPLE_NETWORK = (("0", "stages.0.blocks"), ("1", "stages.1.downsample"), ("2", "stages.1.blocks"), ("3", "stages.2.downsample"),
                   ("4", "stages.2.blocks"), ("5", "stages.3.downsample"), ("6", "stages.3.pos_embed"), ("7", "stages.3.blocks"))
 
