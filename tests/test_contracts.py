@@ -149,3 +149,27 @@ def test_block_traits_defaults_and_errors():
         block_traits(Wrong)
     with pytest.raises(ValueError, match="unknown state declaration 'tempral_state'"):
         declared_keys(nn.Linear(2, 2), "tempral_state")
+
+
+def test_temporal_learning_rate_groups_land_in_the_optimizer(tiny_model_config):
+    """The groups reach AdamW and its schedule: after warm-up every temporal parameter steps at 4x the base rate."""
+    from types import SimpleNamespace
+
+    config = {**tiny_model_config, "video": {**tiny_model_config["video"], "stages": [
+        {"block": "st_repmixer", "dim": 16, "temporal_init": "mirror"}, *tiny_model_config["video"]["stages"][1:]]}}
+    module = VideoTextModule(model=config, lr=1e-3, warmup_steps=2, temporal_lr_mult=4.0)
+    module._trainer = SimpleNamespace(estimated_stepping_batches=100)
+    setup = module.configure_optimizers()
+    optimizer, schedule = setup["optimizer"], setup["lr_scheduler"]["scheduler"]
+    for _ in range(2):
+        optimizer.step()
+        schedule.step()
+    lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    names = dict(module.model.named_parameters())
+    temporal = {n for n in names if ".temporal_mixer." in n or n.endswith(".tpe")}
+    assert temporal and "video.stages.0.blocks.0.temporal_mixer.mirror.conv.weight" in temporal
+    factor = schedule.lr_lambdas[0](2)
+    assert 0.9 < factor <= 1.0  # warm-up done, cosine barely started
+    assert all(lr_of[id(p)] == pytest.approx(1e-3 * factor) for n, p in names.items() if n not in temporal)
+    assert all(lr_of[id(names[n])] == pytest.approx(4e-3 * factor) for n in temporal)
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(names)  # nothing dropped or duplicated

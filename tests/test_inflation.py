@@ -13,17 +13,41 @@ def _same_spatial_weights(image_block, video_block):
     return missing
 
 
-def test_st_repmixer_at_init_is_the_repmixer_per_frame():
+@pytest.mark.parametrize("init", ["zero", "mirror"])
+def test_st_repmixer_at_init_is_the_repmixer_per_frame(init):
     image = randomize_for_fusion_(mvclip.build_block({"block": "repmixer", "dim": 24}), seed=1).eval()
-    video = mvclip.build_block({"block": "st_repmixer", "dim": 24}).eval()
+    video = mvclip.build_block({"block": "st_repmixer", "dim": 24, "temporal_init": init}).eval()
     missing = _same_spatial_weights(image, video)
     assert missing and all(k.startswith("temporal_mixer.") for k in missing)
     clip = torch.randn(3 * 5, 24, 10, 10)  # 3 clips of 5 frames
     with torch.no_grad():
         assert torch.equal(video(clip, 5), image(clip, 5))
-        # ...and training mode too: the zero-initialized BN makes the branch exactly zero
+        # ...and training mode too: a zero BN weight, or two identical branches that cancel, give exactly zero
         video.train(), image.train()
         assert torch.equal(video(clip, 5), image(clip, 5))
+
+
+@pytest.mark.parametrize("init, conv_learns", [("zero", False), ("mirror", True), ("active", True)])
+def test_temporal_conv_gets_a_gradient_from_the_first_step_unless_zero_initialized(init, conv_learns):
+    block = mvclip.build_block({"block": "st_repmixer", "dim": 8, "temporal_init": init}).train()
+    clip = torch.randn(2 * 4, 8, 6, 6)
+    (block(clip, 4) * torch.randn(8, 8, 6, 6)).sum().backward()
+    grad = block.temporal_mixer.branch.conv.weight.grad
+    assert (grad.abs().max() > 1e-4) == conv_learns
+
+
+@pytest.mark.parametrize("init", ["zero", "mirror", "active"])
+def test_every_temporal_init_folds_into_one_conv(init):
+    """Fused equals unfused within 1e-5 on random clips, with randomized BatchNorm statistics and affine (for
+    `mirror` the two branches then differ, so the difference is folded, not a zero)."""
+    block = randomize_for_fusion_(mvclip.build_block({"block": "st_repmixer", "dim": 8, "temporal_init": init}), seed=5)
+    block.eval()
+    clip = torch.randn(3 * 4, 8, 7, 7)
+    with torch.no_grad():
+        before = block(clip, 4)
+        block.reparameterize()
+        assert block.temporal_mixer.branch is None and block.temporal_mixer.mirror is None
+        torch.testing.assert_close(block(clip, 4), before, rtol=1e-5, atol=1e-5)
 
 
 def _stage(block, dim, mode=None):

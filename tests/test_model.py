@@ -83,10 +83,11 @@ def test_summary_rows_add_up(tiny_model_config):
 
 
 
-def _transformer_text_model(mask: str):
+def _transformer_text_model(mask: str, pool: str = "eot"):
     cfg = {"embed_dim": 16, "video": {"stem": {"block": "mobileone_stem"}, "stages": [{"block": "repmixer", "dim": 8}],
                                       "head": {"block": "mci_head"}},
-           "text": {"width": 32, "attention_mask": mask, "stages": [{"block": "text_transformer", "depth": 2, "num_heads": 2}]}}
+           "text": {"width": 32, "attention_mask": mask, "pool": pool,
+                    "stages": [{"block": "text_transformer", "depth": 2, "num_heads": 2}]}}
     torch.manual_seed(0)
     return mvclip.build_model(cfg).eval()
 
@@ -109,3 +110,26 @@ def test_text_attention_masks_make_the_caption_independent_of_what_follows_its_e
 def test_text_attention_mask_is_checked_when_the_model_is_built():
     with pytest.raises(mvclip.ConfigError, match=r"model.text.attention_mask: expected one of \['none', 'padding', 'causal'\]"):
         _transformer_text_model("pad")
+
+
+def test_mean_pooling_averages_the_word_tokens_only():
+    """Checked against a hand-computed mean of the final-norm features at the word positions (1 .. end-1)."""
+    model = _transformer_text_model("padding", pool="mean")
+    text = model.text
+    tokens = mvclip.tokenize(["a red circle grows", "a blue cross moves up", ""])
+    with torch.no_grad():
+        x = text.token_embedding(tokens) + text.positional_embedding[: tokens.shape[1]]
+        mask = mvclip.model.text_attention_mask(tokens, "padding")
+        for block in text.blocks:
+            x = block(x, attn_mask=mask)
+        x = text.final_norm(x)
+        ends = tokens.argmax(-1).tolist()
+        expected = torch.stack([x[0, 1 : ends[0]].mean(0), x[1, 1 : ends[1]].mean(0), x[2, ends[2]]]) @ text.projection
+        assert torch.allclose(text(tokens), expected, atol=1e-6)
+        eot = _transformer_text_model("padding", pool="eot").text(tokens)  # same seed, same weights: only the read-out differs
+        assert not torch.allclose(eot, expected, atol=1e-3)
+
+
+def test_text_pool_is_checked_when_the_model_is_built():
+    with pytest.raises(mvclip.ConfigError, match=r"model.text.pool: expected one of \['eot', 'mean'\]"):
+        _transformer_text_model("padding", pool="max")

@@ -19,7 +19,7 @@ from torch import nn
 
 from mvclip.config_checks import check_kernel_sizes, finite_number, resolve_interpolations
 from mvclip.errors import ConfigError
-from mvclip.model import TEXT_ATTENTION_MASKS, Stage, TextEncoder, VideoEncoder, VideoTextModel
+from mvclip.model import TEXT_ATTENTION_MASKS, TEXT_POOLS, Stage, TextEncoder, VideoEncoder, VideoTextModel
 from mvclip.registry import REGISTRY, BlockEntry
 from mvclip.side import FUSION_LAYERS, FUSION_POINTS, SideClassificationHead, SideNetwork, SideRetrievalHead, SideStem, SideVideoEncoder, fusion_indices
 from mvclip.side.network import FusionLayer
@@ -29,7 +29,7 @@ VIDEO_KEYS = {"in_channels", "num_frames", "stem", "stages", "head", "side"}
 SIDE_KEYS = {"width", "depth", "block", "fusion", "fusion_every", "fusion_points", "patch_size", "grid", "head", "num_classes", "train_projection"}
 SIDE_HEADS = ("retrieval", "classification")
 VIDEO_STAGE_KEYS = {"block", "depth", "dim", "downsample", "pos_embed"}
-TEXT_KEYS = {"vocab_size", "context_length", "width", "stages", "attention_mask"}
+TEXT_KEYS = {"vocab_size", "context_length", "width", "stages", "attention_mask", "pool"}
 TEXT_STAGE_KEYS = {"block", "depth"}
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -286,9 +286,12 @@ def _plan_text(cfg: Any, path: str, embed_dim: int, inference_mode: bool = False
         "width": width,
         "embed_dim": embed_dim,
         "attention_mask": cfg.get("attention_mask", "none"),
+        "pool": cfg.get("pool", "eot"),
     }
     if args["attention_mask"] not in TEXT_ATTENTION_MASKS:
         raise ConfigError(f"{path}.attention_mask: expected one of {list(TEXT_ATTENTION_MASKS)}, got {args['attention_mask']!r}")
+    if args["pool"] not in TEXT_POOLS:
+        raise ConfigError(f"{path}.pool: expected one of {list(TEXT_POOLS)}, got {args['pool']!r}")
     stages = cfg.get("stages") or []
     if not isinstance(stages, (list, ListConfig)):
         raise ConfigError(f"{path}.stages: expected a list of {{block: ..., depth: N}} mappings")

@@ -84,10 +84,33 @@ def text_attention_mask(tokens: torch.Tensor, kind: str) -> torch.Tensor | None:
     raise ValueError(f"attention_mask must be one of {TEXT_ATTENTION_MASKS}, got {kind!r}")
 
 
-class TextEncoder(nn.Module):
-    """Token ids (B, L) -> (B, D): token + position embeddings, blocks, LayerNorm, read at the end token, projection.
+TEXT_POOLS = ("eot", "mean")
 
-    `attention_mask` (see `text_attention_mask`) reaches the blocks whose forward takes an `attn_mask` argument."""
+
+def pool_text(x: torch.Tensor, tokens: torch.Tensor, kind: str) -> torch.Tensor:
+    """(B, L, W) token features -> (B, W).
+
+    `eot`: CLIP's read-out at the end token (the largest id in every row). `mean`: the mean over the caption's word
+    tokens (after the start token, before the end token), so every word has a direct path to the embedding; a text
+    tower trained from scratch on a few thousand captions separates captions that differ in one word far sooner this
+    way (docs/blocks.md, "Starting the temporal branch"). An empty caption falls back to its end token."""
+    eot = tokens.argmax(dim=-1)
+    if kind == "eot":
+        return x[torch.arange(x.shape[0], device=x.device), eot]
+    if kind != "mean":
+        raise ValueError(f"pool must be one of {TEXT_POOLS}, got {kind!r}")
+    positions = torch.arange(tokens.shape[1], device=tokens.device)[None, :]
+    words = (positions >= 1) & (positions < eot[:, None])
+    empty = ~words.any(dim=1, keepdim=True)
+    keep = (words | (empty & (positions == eot[:, None]))).to(x.dtype)
+    return (x * keep[..., None]).sum(dim=1) / keep.sum(dim=1, keepdim=True)
+
+
+class TextEncoder(nn.Module):
+    """Token ids (B, L) -> (B, D): token + position embeddings, blocks, LayerNorm, pooling, projection.
+
+    `attention_mask` (see `text_attention_mask`) reaches the blocks whose forward takes an `attn_mask` argument;
+    `pool` (see `pool_text`) reads the end token (CLIP, MobileCLIP) or averages the caption's words."""
 
     no_decay_state: ClassVar[tuple[str, ...]] = ("positional_embedding",)
 
@@ -99,11 +122,14 @@ class TextEncoder(nn.Module):
         width: int = 512,
         embed_dim: int = 512,
         attention_mask: str = "none",
+        pool: str = "eot",
     ) -> None:
         super().__init__()
         if attention_mask not in TEXT_ATTENTION_MASKS:
             raise ValueError(f"attention_mask must be one of {TEXT_ATTENTION_MASKS}, got {attention_mask!r}")
-        self.attention_mask = attention_mask
+        if pool not in TEXT_POOLS:
+            raise ValueError(f"pool must be one of {TEXT_POOLS}, got {pool!r}")
+        self.attention_mask, self.pool = attention_mask, pool
         self._takes_mask = [("attn_mask" in inspect.signature(b.forward).parameters) for b in blocks]
         self.context_length = context_length
         self.token_embedding = nn.Embedding(vocab_size, width)
@@ -122,10 +148,7 @@ class TextEncoder(nn.Module):
         mask = text_attention_mask(tokens, self.attention_mask)
         for block, takes_mask in zip(self.blocks, self._takes_mask):
             x = block(x, attn_mask=mask) if takes_mask and mask is not None else block(x)
-        x = self.final_norm(x)
-        # CLIP reads the sequence at its end token, the largest id in every row.
-        x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
-        return x @ self.projection
+        return pool_text(self.final_norm(x), tokens, self.pool) @ self.projection
 
 
 class VideoTextModel(nn.Module):
