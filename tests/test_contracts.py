@@ -173,3 +173,18 @@ def test_temporal_learning_rate_groups_land_in_the_optimizer(tiny_model_config):
     assert all(lr_of[id(p)] == pytest.approx(1e-3 * factor) for n, p in names.items() if n not in temporal)
     assert all(lr_of[id(names[n])] == pytest.approx(4e-3 * factor) for n in temporal)
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(names)  # nothing dropped or duplicated
+
+
+def test_lr_mult_by_prefix_longest_wins_and_a_prefix_matching_nothing_is_an_error(tiny_model_config):
+    module = VideoTextModule(model=tiny_model_config, lr=1e-3, lr_mult={"text": 0.1, "text.token_embedding": 0.0, "video.head": 2.0})
+    lr_of = {id(p): g["lr"] for g in module.parameter_groups() for p in g["params"]}
+    params = dict(module.model.named_parameters())
+    assert lr_of[id(params["text.token_embedding.weight"])] == 0.0
+    assert lr_of[id(params["text.positional_embedding"])] == pytest.approx(1e-4)
+    head = [n for n in params if n.startswith("video.head.")]
+    assert head and all(lr_of[id(params[n])] == pytest.approx(2e-3) for n in head)
+    assert lr_of[id(params["logit_scale"])] == pytest.approx(1e-3)
+    with pytest.raises(mvclip.ConfigError, match=r"model.lr_mult.txt: matches no parameter"):
+        VideoTextModule(model=tiny_model_config, lr_mult={"txt": 0.1})
+    with pytest.raises(mvclip.ConfigError, match=r"model.lr_mult.text: expected a number >= 0"):
+        VideoTextModule(model=tiny_model_config, lr_mult={"text": -1})

@@ -27,6 +27,24 @@ from mvclip.zeroshot import DEFAULT_TEMPLATES, ZeroShotAccuracy, build_classifie
 TEMPORAL_EVAL = ("reverse", "shuffle")
 
 
+def prefix_lr_multipliers(model: torch.nn.Module, lr_mult: dict[str, float]) -> dict[str, str]:
+    """Parameter name -> the `lr_mult` prefix that applies to it (the longest matching one, on a dot boundary).
+
+    A prefix matching no parameter, or a negative multiplier, is a config error before the first step."""
+    names = [n for n, _ in model.named_parameters()]
+    matched: dict[str, str] = {}
+    for prefix in sorted(lr_mult, key=len):
+        value = lr_mult[prefix]
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"model.lr_mult.{prefix}: expected a number >= 0, got {value!r}")
+        hits = [n for n in names if n == prefix or n.startswith(prefix + ".")]
+        if not hits:
+            roots = sorted({n.split(".")[0] for n in names})
+            raise ConfigError(f"model.lr_mult.{prefix}: matches no parameter (names start with {roots}, e.g. 'text', 'video.stages.3')")
+        matched.update(dict.fromkeys(hits, prefix))  # longer prefixes come later and win
+    return matched
+
+
 class VideoTextModule(L.LightningModule):
     """Video-text contrastive training of a model composed in YAML, with retrieval and zero-shot evaluation.
 
@@ -48,6 +66,10 @@ class VideoTextModule(L.LightningModule):
             relative to new ones. An explicit `logit_scale` wins over the files' value.
         temporal_lr_mult: learning-rate multiplier for the parameters blocks declare as temporal (`temporal_state`:
             temporal convs, TPE, side networks), on top of `pretrained_lr_mult` where that applies.
+        lr_mult: learning-rate multipliers by parameter-name prefix (`{text: 0.1}`), the longest matching prefix
+            wins, on top of the two above. A text tower trained from scratch beside a video tower that cannot yet
+            see time drops the words the video cannot show (docs/blocks.md, "Starting the temporal branch"); a
+            slower text tower keeps them.
         zero_shot: optional `{class_names: [...], templates: [...]}` evaluated on labelled val/test batches.
         temporal_eval: order tests run at validation and test (`reverse`, `shuffle`; default both): how far a clip's
             embedding moves when its frames are reversed or shuffled (`mvclip.temporal_metrics`). Twin accuracy is
@@ -75,6 +97,7 @@ class VideoTextModule(L.LightningModule):
         init_strict: bool = True,
         pretrained_lr_mult: float = 1.0,
         temporal_lr_mult: float = 1.0,
+        lr_mult: dict[str, float] | None = None,
         zero_shot: dict[str, Any] | None = None,
         temporal_eval: list[str] | None = None,
         gather_with_grad: bool = True,
@@ -122,6 +145,7 @@ class VideoTextModule(L.LightningModule):
         self.test_temporal = TemporalMetric()
         self.temporal_names = {n for n, _ in self.model.named_parameters()} & declared_keys(self.model, "temporal_state")
         self.no_decay_names = no_decay_names(self.model)  # biases, norms and what blocks declare (`no_decay_state`)
+        self.lr_mult_of = prefix_lr_multipliers(self.model, lr_mult or {})
         self.zero_shot_cfg = zero_shot
         self.val_zero_shot = ZeroShotAccuracy() if zero_shot else None
         self.test_zero_shot = ZeroShotAccuracy() if zero_shot else None
@@ -176,12 +200,13 @@ class VideoTextModule(L.LightningModule):
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """AdamW groups: (decay | no decay) x (from a file | new) x (temporal | not), frozen parameters left out."""
-        groups: dict[tuple[bool, bool, bool], list[torch.nn.Parameter]] = {}
+        groups: dict[tuple[bool, bool, bool, str], list[torch.nn.Parameter]] = {}
         for name, param in self.model.named_parameters():
             if not param.requires_grad:
                 continue
             no_decay = name in self.no_decay_names
-            groups.setdefault((no_decay, name in self.pretrained_names, name in self.temporal_names), []).append(param)
+            key = (no_decay, name in self.pretrained_names, name in self.temporal_names, self.lr_mult_of.get(name, ""))
+            groups.setdefault(key, []).append(param)
         hp = self.hparams
         if not groups:
             raise ConfigError("model: every parameter is frozen; nothing to train (check model.freeze / model.trainable)")
@@ -189,10 +214,12 @@ class VideoTextModule(L.LightningModule):
             {
                 "params": params,
                 "weight_decay": 0.0 if no_decay else hp.weight_decay,
-                "lr": hp.lr * (hp.pretrained_lr_mult if pretrained else 1.0) * (hp.temporal_lr_mult if temporal else 1.0),
-                "name": f"{'pretrained' if pretrained else 'new'}{'/temporal' if temporal else ''}/{'no_decay' if no_decay else 'decay'}",
+                "lr": hp.lr * (hp.pretrained_lr_mult if pretrained else 1.0) * (hp.temporal_lr_mult if temporal else 1.0)
+                * (hp.lr_mult[prefix] if prefix else 1.0),
+                "name": f"{'pretrained' if pretrained else 'new'}{'/temporal' if temporal else ''}{f'/{prefix}' if prefix else ''}"
+                f"/{'no_decay' if no_decay else 'decay'}",
             }
-            for (no_decay, pretrained, temporal), params in sorted(groups.items())
+            for (no_decay, pretrained, temporal, prefix), params in sorted(groups.items())
         ]
 
     def configure_optimizers(self) -> dict[str, Any]:
