@@ -1,7 +1,7 @@
 """From tar shards to batches: listing shards, reading them, splitting work, decoding samples.
 
 Written directly on ``tarfile`` rather than on WebDataset's pipeline because its defaults fight
-DDP (see ``stack-notes.md``): the default node splitter raises, ``split_by_node`` with uneven
+DDP (see ``docs/stack-notes.md``): the default node splitter raises, ``split_by_node`` with uneven
 shards gave ranks different batch counts (a hang), ``warn_and_continue`` sleeps 0.5 s per bad
 sample, and ``shardshuffle=N`` repeats one order every epoch. Here:
 
