@@ -32,6 +32,9 @@ VIDEO_STAGE_KEYS = {"block", "depth", "dim", "downsample", "pos_embed"}
 TEXT_KEYS = {"vocab_size", "context_length", "width", "stages", "attention_mask", "pool"}
 TEXT_STAGE_KEYS = {"block", "depth"}
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PRESETS_DIR = PROJECT_ROOT / "recipes" / "models"
+DEFAULT_MODEL_CONFIG = "recipes/models/tiny_cpu.yaml"  # what a recipe without `model.model` trains
 
 
 @dataclass
@@ -118,16 +121,26 @@ def apply_overrides(cfg: DictConfig, overrides: Mapping[str, Any] | None, *, new
     return cfg
 
 
+def list_presets() -> list[str]:
+    """Names of the model YAMLs in `recipes/models/`, which `build_model` and `--model.model` accept by name."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
 def _find_config(path: Path) -> Path:
-    """A relative path is looked up from the working directory, then from the project root (recipes/ lives there)."""
+    """A relative path is looked up from the working directory, then from the project root (recipes/ lives there);
+    a bare name without a suffix (`mobileviclip_tiny`) is a preset of `recipes/models/`."""
     if path.is_file() or path.is_absolute():
         if not path.is_file():
             raise ConfigError(f"model config file not found: {path}")
         return path
-    project_root = Path(__file__).resolve().parents[2]
-    if (project_root / path).is_file():
-        return project_root / path
-    raise ConfigError(f"model config file not found: {path} (looked in {Path.cwd()} and {project_root})")
+    if (PROJECT_ROOT / path).is_file():
+        return PROJECT_ROOT / path
+    if len(path.parts) == 1 and not path.suffix:
+        preset = PRESETS_DIR / f"{path}.yaml"
+        if preset.is_file():
+            return preset
+        raise ConfigError(f"model config {str(path)!r}: no such file and no such preset (presets: {', '.join(list_presets())})")
+    raise ConfigError(f"model config file not found: {path} (looked in {Path.cwd()} and {PROJECT_ROOT})")
 
 
 def build_model(config: str | Path | Mapping | DictConfig, *, path: str = "model", base_dir: Path | None = None) -> VideoTextModel:

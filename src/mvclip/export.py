@@ -266,7 +266,7 @@ def load_export(folder: str | os.PathLike[str]) -> VideoTextModel:
     folder = Path(folder)
     for name in ("model.yaml", "model.safetensors"):
         if not (folder / name).is_file():
-            raise FileNotFoundError(f"{folder}: not an mvclip export (missing {name}); make one with `python -m mvclip export --ckpt ...`")
+            raise FileNotFoundError(f"{folder}: not an mvclip export (missing {name}); make one with `python -m mvclip export --ckpt_path ...`")
     model = build_model(folder / "model.yaml", path=f"{folder / 'model.yaml'}")
     model.load_state_dict(load_safetensors(folder / "model.safetensors"), strict=True)
     return model.eval().requires_grad_(False)

@@ -212,7 +212,7 @@ def test_msrvtt_groups_captions(real_copy: Path, tmp_path: Path) -> None:
     assert detect_format(path) == "msrvtt"
     out = tmp_path / "msr"
     assert shards_cli.main(["--videos", str(real_copy), "--annotations", str(path),
-                            "--out", str(out), "--no-progress"]) == 0
+                            "--out", str(out), "--no_progress"]) == 0
     manifest = check_consistent(out)
     samples = all_samples(out)
     assert sorted(samples) == ["video0", "video1"]
@@ -289,7 +289,7 @@ def test_format_detection_and_errors(tmp_path: Path) -> None:
     with pytest.raises(AnnotationError, match="missing key"):
         read_annotations(bad, tmp_path, format="webvid")
     assert shards_cli.main(["--videos", str(tmp_path), "--annotations", str(bad),
-                            "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+                            "--out", str(tmp_path / "o"), "--no_progress"]) == 2
 
 
 def test_cli_summary_counts_skips_by_reason(clip_set, tmp_path: Path,
@@ -299,7 +299,7 @@ def test_cli_summary_counts_skips_by_reason(clip_set, tmp_path: Path,
     ann = write_plain_csv(tmp_path / "c.csv", rows)
     out = tmp_path / "cli"
     assert shards_cli.main(["--videos", str(clip_set.folder), "--annotations", str(ann),
-                            "--out", str(out), "--no-progress", "--reencode-short-side", "32",
+                            "--out", str(out), "--no_progress", "--reencode_short_side", "32",
                             "--workers", "2"]) == 0
     line = capsys.readouterr().out
     assert "wrote 2 samples in 1 shard(s)" in line
