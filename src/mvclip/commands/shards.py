@@ -25,7 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     src = p.add_argument_group("real videos")
     src.add_argument("--videos", type=Path, help="folder holding the video files")
     src.add_argument("--annotations", type=Path, help="caption file (JSON, CSV or JSONL)")
-    src.add_argument("--format", choices=FORMATS,
+    src.add_argument("--format", choices=list(FORMATS),
                      help="annotation format (default: detected from the file)")
     src.add_argument("--encoding", default=DEFAULT_ENCODING,
                      help="text encoding of the annotation file (default: UTF-8, with or without a BOM; "
