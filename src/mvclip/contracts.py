@@ -35,6 +35,8 @@ import torch
 from torch import nn
 
 INPUT_LAYOUTS = ("map", "tokens")
+# what a registered block is for, each kind with its call signature below (VideoBlock, TextBlock, SideStreamBlock, ...)
+BLOCK_KINDS = ("video", "text", "side", "side_stem", "side_fusion", "side_head")
 STATE_DECLARATIONS = ("temporal_state", "derived_state", "no_decay_state", "zero_init_state")
 
 
@@ -82,6 +84,26 @@ class SideStreamBlock(Protocol):
     """`kind="side"`: side tokens `(B*T, N, C)`, the clip length and the backbone's global token `(B*T, C)` or None."""
 
     def __call__(self, x: torch.Tensor, frames: int, token: torch.Tensor | None) -> torch.Tensor: ...
+
+
+class SideStemBlock(Protocol):
+    """`kind="side_stem"`: a side network's own input, pixels `(B*T, C, H, W)` -> side tokens `(B*T, h*w, dim)` and
+    the grid `(h, w)` that backbone features are pooled to. Built with `dim` (the side width) and `in_channels`."""
+
+    def __call__(self, pixels: torch.Tensor, frames: int) -> tuple[torch.Tensor, tuple[int, int]]: ...
+
+
+class SideFusionBlock(Protocol):
+    """`kind="side_fusion"`: a backbone feature `(..., in_dim)` -> the side width `(..., dim)`, one per fusion point."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+class SideHeadBlock(Protocol):
+    """`kind="side_head"`: the side tokens `(B*T, N, dim)`, the frozen backbone head's pre-projection feature
+    `(B*T, F)` and the clip length -> the encoder's output `(B, out)`. May take `backbone_head` (the built head)."""
+
+    def __call__(self, side: torch.Tensor, feature: torch.Tensor, frames: int) -> torch.Tensor: ...
 
 
 class BlockDeclarations:
