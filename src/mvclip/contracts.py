@@ -25,6 +25,10 @@ collected over a whole model by `declared_keys`):
                         parameter of fewer than two dimensions (biases, norms), which never decays
     zero_init_state     parameters that start at or near zero (layer scales, TPE): fusion checks randomize them,
                         since a branch scaled by zero would hide a wrong fold
+
+Kinds (`BLOCK_KINDS`, the `kind=` of `register_block`), each called as its protocol below says: video (`VideoBlock`),
+text (`TextBlock`), and a side network's parts: side (`SideStreamBlock`), side_stem (`SideStemBlock`), side_fusion
+(`SideFusionBlock`), side_head (`SideHeadBlock`).
 """
 from __future__ import annotations
 
