@@ -1,6 +1,7 @@
 """Read caption annotations of the common video-text datasets into `ClipSource`s.
 
-Supported (detected from the file when no format is named):
+Each format is one `AnnotationFormat` of `FORMATS`, owning its detection and its reader; detection asks them in
+order and takes the first that claims the file. Supported (detected from the file when no format is named):
 - `msrvtt`: JSON `{"videos": [{"video_id": ...}], "sentences": [{"video_id", "caption"}]}`;
   the ~20 captions of a video stay together in one sample.
 - `webvid`: CSV `videoid,contentUrl,duration,page_dir,name`; caption = `name`, the file is
@@ -22,6 +23,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,11 +32,7 @@ from .shard_format import VIDEO_EXTENSIONS, safe_key
 from .shard_writer import ClipSource
 from .text_encoding import DEFAULT_ENCODING, decode_error_message, known_encoding
 
-FORMATS = ("msrvtt", "webvid", "internvid", "csv")
-_EXPECTED = (
-    "msrvtt (JSON with 'videos' and 'sentences'), webvid (CSV with columns videoid,name,...), "
-    "internvid (JSONL with YoutubeID, Start_timestamp, End_timestamp, Caption), or csv "
-    "(CSV/JSONL with path and caption)")
+CSV_SUFFIXES = (".csv", ".tsv")
 
 
 class AnnotationError(ValueError):
@@ -93,49 +92,75 @@ def _read_csv(path: Path, encoding: str = DEFAULT_ENCODING) -> list[dict[str, st
         return [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
 
 
+@dataclass(frozen=True)
+class AnnotationFormat:
+    """One caption-file layout: how to recognise it and how to read it. A new dataset's layout is one entry of
+    `FORMATS` (or `register_annotation_format` from outside), the way checkpoint layouts are `KeyRule` tables."""
+
+    name: str
+    looks_like: str  # what such a file holds, for the message naming the formats a file could have been
+    detect: Callable[[AnnotationFile], bool]
+    read: Callable[..., list[ClipSource]]  # (path, videos_dir, encoding=...) -> ClipSources
+
+
+class AnnotationFile:
+    """What detection looks at, each part read at most once however many formats ask: the suffix, a CSV's
+    header columns (lowercased), a JSON file's document, the first record of a JSONL file or JSON list."""
+
+    def __init__(self, path: Path, encoding: str) -> None:
+        self.path, self.encoding = path, encoding
+        self.suffix = path.suffix.lower()
+
+    @cached_property
+    def columns(self) -> frozenset[str]:
+        if self.suffix not in CSV_SUFFIXES:
+            return frozenset()
+        with open(self.path, encoding=self.encoding, newline="") as f:
+            header = f.readline()
+        return frozenset(c.strip().lower() for c in header.replace("\t", ",").split(","))
+
+    @cached_property
+    def document(self) -> Any:
+        """The parsed JSON of a `.json` file (None for other files); invalid JSON is an error naming the formats."""
+        if self.suffix != ".json":
+            return None
+        try:
+            return json.loads(self.path.read_text(encoding=self.encoding))
+        except json.JSONDecodeError as err:
+            raise AnnotationError(f"{self.path}: not valid JSON ({err}); expected {expected_formats()}") from err
+
+    @cached_property
+    def record_keys(self) -> frozenset[str]:
+        """Keys of the first record of a JSONL file or a JSON list (empty when there is none)."""
+        if self.suffix == ".jsonl":
+            row = _first_jsonl_row(self.path, self.encoding)
+        else:
+            data = self.document
+            row = data[0] if isinstance(data, list) and data else None
+        return frozenset(row) if isinstance(row, dict) else frozenset()
+
+
 def detect_format(path: str | os.PathLike[str], encoding: str = DEFAULT_ENCODING) -> str:
-    """Name the annotation format from the file's extension and header/keys."""
+    """Name the annotation format from the file's extension and header/keys: the first of `FORMATS` that claims it."""
     path = Path(path)
     if not path.is_file():
         raise AnnotationError(f"{path}: annotation file not found")
     if not known_encoding(encoding):
         raise AnnotationError(f"{path}: unknown encoding {encoding!r}; expected a codec name such as utf-8, latin-1, cp1252")
+    file = AnnotationFile(path, encoding)
     try:
-        return _detect_format(path, encoding)
+        found = next((fmt.name for fmt in FORMATS.values() if fmt.detect(file)), None)
     except UnicodeDecodeError as err:
         raise AnnotationError(decode_error_message(path, encoding)) from err
+    if found is None:
+        raise AnnotationError(f"{path}: unrecognized annotation file; expected {expected_formats()}")
+    return found
 
 
-def _detect_format(path: Path, encoding: str) -> str:
-    suffix = path.suffix.lower()
-    if suffix in {".csv", ".tsv"}:
-        with open(path, encoding=encoding, newline="") as f:
-            header = f.readline()
-        columns = {c.strip().lower() for c in header.replace("\t", ",").split(",")}
-        if {"videoid", "name"} <= columns:
-            return "webvid"
-        if {"path", "caption"} <= columns:
-            return "csv"
-    elif suffix == ".jsonl":
-        rows = _first_jsonl_row(path, encoding)
-        if rows is not None:
-            if {"YoutubeID", "Caption"} <= rows.keys():
-                return "internvid"
-            if {"path", "caption"} <= rows.keys():
-                return "csv"
-    elif suffix == ".json":
-        try:
-            data = json.loads(path.read_text(encoding=encoding))
-        except json.JSONDecodeError as err:
-            raise AnnotationError(f"{path}: not valid JSON ({err}); expected {_EXPECTED}") from err
-        if isinstance(data, dict) and {"videos", "sentences"} <= data.keys():
-            return "msrvtt"
-        if isinstance(data, list) and data and isinstance(data[0], dict):
-            if {"YoutubeID", "Caption"} <= data[0].keys():
-                return "internvid"
-            if {"path", "caption"} <= data[0].keys():
-                return "csv"
-    raise AnnotationError(f"{path}: unrecognized annotation file; expected {_EXPECTED}")
+def expected_formats() -> str:
+    """`msrvtt (JSON with ...), ..., or csv (...)`: every format with what its files hold."""
+    described = [f"{fmt.name} ({fmt.looks_like})" for fmt in FORMATS.values()]
+    return ", ".join(described[:-1]) + ", or " + described[-1] if len(described) > 1 else described[0]
 
 
 def _first_jsonl_row(path: Path, encoding: str = DEFAULT_ENCODING) -> dict[str, Any] | None:
@@ -153,7 +178,7 @@ def _first_jsonl_row(path: Path, encoding: str = DEFAULT_ENCODING) -> dict[str, 
 def _records(path: Path, encoding: str = DEFAULT_ENCODING) -> list[dict[str, Any]]:
     """Rows of a CSV, JSONL or JSON-list file."""
     suffix = path.suffix.lower()
-    if suffix in {".csv", ".tsv"}:
+    if suffix in CSV_SUFFIXES:
         return _read_csv(path, encoding)
     if suffix == ".jsonl":
         return _read_jsonl(path, encoding)
@@ -252,9 +277,35 @@ def read_plain(path: Path, videos_dir: Path, encoding: str = DEFAULT_ENCODING) -
     return list(grouped.values())
 
 
-READERS: dict[str, Callable[..., list[ClipSource]]] = {
-    "msrvtt": read_msrvtt, "webvid": read_webvid, "internvid": read_internvid, "csv": read_plain,
-}
+def _is_msrvtt(file: AnnotationFile) -> bool:
+    return isinstance(file.document, dict) and {"videos", "sentences"} <= file.document.keys()
+
+
+def _csv_columns(*names: str) -> Callable[[AnnotationFile], bool]:
+    return lambda file: set(names) <= file.columns
+
+
+def _record_keys(*keys: str) -> Callable[[AnnotationFile], bool]:
+    return lambda file: set(keys) <= file.record_keys
+
+
+FORMATS: dict[str, AnnotationFormat] = {fmt.name: fmt for fmt in (
+    AnnotationFormat("msrvtt", "JSON with 'videos' and 'sentences'", detect=_is_msrvtt, read=read_msrvtt),
+    AnnotationFormat("webvid", "CSV with columns videoid,name,...", detect=_csv_columns("videoid", "name"), read=read_webvid),
+    AnnotationFormat("internvid", "JSONL with YoutubeID, Start_timestamp, End_timestamp, Caption",
+                     detect=_record_keys("YoutubeID", "Caption"), read=read_internvid),
+    AnnotationFormat("csv", "CSV/JSONL with path and caption",
+                     detect=lambda file: _csv_columns("path", "caption")(file) or _record_keys("path", "caption")(file),
+                     read=read_plain),
+)}
+
+
+def register_annotation_format(fmt: AnnotationFormat) -> AnnotationFormat:
+    """Add a format from outside mvclip; it is detected after the built-in ones and `shards --format` offers it."""
+    if fmt.name in FORMATS:
+        raise ValueError(f"annotation format {fmt.name!r} exists already")
+    FORMATS[fmt.name] = fmt
+    return fmt
 
 
 def read_annotations(path: str | os.PathLike[str], videos_dir: str | os.PathLike[str],
@@ -264,10 +315,10 @@ def read_annotations(path: str | os.PathLike[str], videos_dir: str | os.PathLike
     if not known_encoding(encoding):
         raise AnnotationError(f"{path}: unknown encoding {encoding!r}; expected a codec name such as utf-8, latin-1, cp1252")
     fmt = format or detect_format(path, encoding)
-    if fmt not in READERS:
-        raise AnnotationError(f"unknown annotation format {fmt!r}; expected one of {FORMATS}")
+    if fmt not in FORMATS:
+        raise AnnotationError(f"unknown annotation format {fmt!r}; expected one of {tuple(FORMATS)}")
     try:
-        clips = READERS[fmt](path, videos_dir, encoding=encoding)
+        clips = FORMATS[fmt].read(path, videos_dir, encoding=encoding)
     except UnicodeDecodeError as err:
         raise AnnotationError(decode_error_message(path, encoding)) from err
     except (json.JSONDecodeError, csv.Error) as err:

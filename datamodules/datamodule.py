@@ -29,19 +29,24 @@ class VideoTextDataModule(LightningDataModule):
     """Shards of (video, captions) pairs for contrastive training and retrieval evaluation.
 
     Args:
-        train, val, test: shard patterns: a directory holding ``manifest.json``, or brace-expanded
+        train: training shards: a directory holding ``manifest.json``, or brace-expanded
             paths/URLs (``dir/train-{000000..000009}.tar``; join several with ``::``).
+        val: validation shards, given as for ``train``.
+        test: test shards, given as for ``train``.
         synthetic: when true (or a dict of ``ensure_synthetic_dataset`` arguments) and no paths are
             given, build the synthetic dataset in ``prepare_data`` and use its splits.
         frames: frames per clip (T).
         sampling: ``segments`` | ``fps`` | ``consecutive`` (see :mod:`.sampling`).
-        sampling_fps: rate for ``fps`` sampling; stride: frame step for ``consecutive``.
+        sampling_fps: frames per second read by ``fps`` sampling.
+        stride: step between the frames ``consecutive`` sampling reads.
         resolution: output side (square crops).
         short_side: short side frames are decoded to before cropping (default: ``resolution``).
         crop_scale: area range of the training random resized crop.
         hflip: random horizontal flip in training (off: captions name directions).
-        mean, std: per-channel normalisation (default none: [0, 1] RGB).
-        batch_size, eval_batch_size: clips per training / evaluation batch.
+        mean: per-channel mean subtracted (default none: [0, 1] RGB).
+        std: per-channel standard deviation divided by (default none).
+        batch_size: clips per training batch (per rank).
+        eval_batch_size: clips per evaluation batch (per rank).
         num_workers: loader processes per rank.
         shuffle_buffer: raw samples (with ``group_batching``: groups) held for shuffling in each training worker.
         group_batching: keep the members of a sample ``group`` (e.g. a clip and its time-reversed twin, or

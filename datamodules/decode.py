@@ -1,6 +1,6 @@
 """Decode chosen frames of a video held in memory (a shard's bytes) with PyAV.
 
-Why it is built this way (measured on this machine, see ``stack-notes.md``):
+Why it is built this way (measured on this machine, see ``docs/stack-notes.md``):
 
 * The container is demuxed once without decoding (cheap: a few ms) to index every frame's
   timestamp and which frames are keyframes. That gives an exact frame count for containers that

@@ -1,7 +1,7 @@
 """From tar shards to batches: listing shards, reading them, splitting work, decoding samples.
 
 Written directly on ``tarfile`` rather than on WebDataset's pipeline because its defaults fight
-DDP (see ``stack-notes.md``): the default node splitter raises, ``split_by_node`` with uneven
+DDP (see ``docs/stack-notes.md``): the default node splitter raises, ``split_by_node`` with uneven
 shards gave ranks different batch counts (a hang), ``warn_and_continue`` sleeps 0.5 s per bad
 sample, and ``shardshuffle=N`` repeats one order every epoch. Here:
 
@@ -18,252 +18,30 @@ sample, and ``shardshuffle=N`` repeats one order every epoch. Here:
   different batch counts, so evaluation steps must not call collectives per step.
 
 Bad samples are skipped and counted (:mod:`.bad_samples`); the counts ride along in each batch.
-"""
 
+Split by concern: :mod:`.shard_reading` lists shards and reads tars, :mod:`.sample_decoding` turns a raw sample into a
+model input; this module splits the work across ranks and workers and batches it (`ShardDataset`, `ShardLoader`), and
+re-exports the other two modules' names so ``datamodules.pipeline.<name>`` keeps working.
+"""
 from __future__ import annotations
 
-import io
-import json
 import math
 import random
-import re
-import tarfile
-import zlib
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-import av
-import numpy as np
-import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mvclip.distributed import rank_and_world_size
 from mvclip.errors import ConfigError
 
 from .bad_samples import BadSampleCounter, TooManyBadSamples
-from .decode import DecodeError, VideoReader
-from .sampling import sample_indices
-from .shard_format import MANIFEST_NAME, TEACHER_EXTENSION, read_manifest, video_member
-from .transforms import VideoTransform
+from .sample_decoding import BadSample, SampleDecoder, Tokenizer, raw_group
+from .shard_reading import Shard, count_samples, iter_tar, list_shards
 
-Tokenizer = Callable[[Sequence[str]], torch.Tensor]
-
-
-class BadSample(Exception):
-    """A sample to skip; ``reason`` is one of :data:`bad_samples.REASONS`."""
-
-    def __init__(self, reason: str, message: str = "") -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
-
-
-# --------------------------------------------------------------------------------------------
-# Listing shards
-# --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Shard:
-    url: str
-    samples: int
-
-
-def _is_remote(url: str) -> bool:
-    return bool(re.match(r"^[a-z][a-z0-9+.-]*:", url)) and not re.match(r"^[A-Za-z]:[\\/]", url)
-
-
-def count_samples(url: str) -> int:
-    """Distinct keys in a tar (used only for shards that no manifest lists)."""
-    keys = set()
-    for sample in iter_tar(url, BadSampleCounter()):
-        keys.add(sample["__key__"])
-    return len(keys)
-
-
-def list_shards(pattern: str) -> list[Shard]:
-    """Shards of a pattern: a directory with a manifest, or brace-expanded paths/URLs.
-
-    Sample counts come from ``manifest.json`` next to the shards when there is one; other shards
-    are counted by reading them once.
-    """
-    from braceexpand import braceexpand
-
-    if not _is_remote(pattern) and Path(pattern).is_dir():
-        manifest = read_manifest(pattern)
-        shards = [Shard(str(Path(pattern) / s["name"]), int(s["samples"])) for s in manifest["shards"]]
-        if not shards:
-            raise FileNotFoundError(f"{pattern}/{MANIFEST_NAME} lists no shards")
-        return shards
-    urls = [u for part in pattern.split("::") for u in braceexpand(part)]
-    if not urls:
-        raise FileNotFoundError(f"shard pattern {pattern!r} expands to no paths")
-    counts: dict[str, int] = {}
-    for parent in {str(Path(u).parent) for u in urls if not _is_remote(u)}:
-        if (Path(parent) / MANIFEST_NAME).is_file():
-            for s in read_manifest(parent)["shards"]:
-                counts[str(Path(parent) / s["name"])] = int(s["samples"])
-    missing = [u for u in urls if not _is_remote(u) and not Path(u).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"shard pattern {pattern!r}: {len(missing)} of {len(urls)} shards do not exist, e.g. {missing[0]}"
-        )
-    out = []
-    for u in urls:
-        key = str(Path(u)) if not _is_remote(u) else u
-        out.append(Shard(u, counts[key] if key in counts else count_samples(u)))
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# Reading one shard
-# --------------------------------------------------------------------------------------------
-_MEMBER = re.compile(r"^((?:.*/)?[^./]+)\.([^/]+)$")  # key = path up to the first dot of the basename
-
-
-def _open(url: str):
-    if _is_remote(url):
-        import webdataset as wds
-
-        return wds.gopen(url, "rb")
-    return open(url, "rb")
-
-
-def iter_tar(url: str, counter: BadSampleCounter) -> Iterator[dict[str, Any]]:
-    """Samples of one tar as dicts ``{"__key__", "__shard__", ext: bytes}``, in file order.
-
-    A tar that ends mid-member or is corrupt is counted once as ``truncated_shard`` and its
-    remaining samples are lost; the samples before the damage are still yielded.
-    """
-    current: dict[str, Any] | None = None
-    try:
-        with _open(url) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                m = _MEMBER.match(member.name)
-                if m is None:
-                    continue
-                key, ext = m.group(1), m.group(2).lower()
-                f = tar.extractfile(member)
-                data = f.read() if f is not None else b""
-                if current is not None and current["__key__"] != key:
-                    yield current
-                    current = None
-                if current is None:
-                    current = {"__key__": key, "__shard__": url}
-                current[ext] = data
-    except (tarfile.TarError, EOFError, OSError, zlib.error):
-        counter.add("truncated_shard", url)
-        current = None  # its last member may be cut short
-    if current is not None:
-        yield current
-
-
-# --------------------------------------------------------------------------------------------
-# Decoding one sample
-# --------------------------------------------------------------------------------------------
-@dataclass
-class SampleDecoder:
-    """Raw shard sample -> ``{"key", "video", "text", "label"?, "teacher"?}``, or :class:`BadSample`."""
-
-    transform: VideoTransform
-    tokenizer: Tokenizer | None = None
-    train: bool = True
-    frames: int = 8
-    sampling: str = "segments"
-    sampling_fps: float = 2.0
-    stride: int = 4
-    short_side: int | None = None
-    thread_count: int = 1
-
-    def _tokenize(self, texts: list[str]) -> torch.Tensor:
-        tok = self.tokenizer
-        if tok is None:
-            from mvclip.tokenizer import tokenize as tok
-        return tok(texts)
-
-    def clip(self, data: bytes, name: str, rng: random.Random | None = None, fallback_fps: float | None = None) -> torch.Tensor:
-        """Encoded video bytes -> the model's input clip (T, 3, H, W): sample frames, decode them, transform.
-
-        Raises `DecodeError` (or a codec error) on a broken video; `__call__` turns that into a `BadSample`.
-        """
-        with VideoReader(data, thread_count=self.thread_count, name=name) as reader:
-            info = reader.info
-            idx = sample_indices(
-                info.num_frames,
-                self.frames,
-                self.sampling,
-                train=self.train,
-                video_fps=info.fps or fallback_fps,
-                sampling_fps=self.sampling_fps,
-                stride=self.stride,
-                rng=rng,
-            )
-            frames = reader.frames(idx, short_side=self.short_side or self.transform.resolution)
-        return self.transform(frames, rng)
-
-    def __call__(self, raw: dict[str, Any], rng: random.Random) -> dict[str, Any]:
-        key, shard = raw["__key__"], raw["__shard__"]
-        name = f"{shard}:{key}"
-        if "json" not in raw:
-            raise BadSample("missing_json", name)
-        try:
-            meta = json.loads(raw["json"].decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BadSample("bad_json", f"{name}: {exc}") from exc
-        if not isinstance(meta, dict):
-            raise BadSample("bad_json", f"{name}: expected a JSON object, found {type(meta).__name__}")
-        captions = meta.get("captions")
-        if not isinstance(captions, list):
-            raise BadSample("no_captions", f"{name}: 'captions' missing or not a list")
-        captions = [c for c in captions if isinstance(c, str) and c.strip()]
-        if not captions:
-            raise BadSample("no_captions", f"{name}: no non-empty caption")
-        label = meta.get("label")
-        if label is not None and (isinstance(label, bool) or not isinstance(label, int)):
-            raise BadSample("bad_label", f"{name}: label {label!r} is not an int")
-
-        ext = video_member(raw)
-        if ext is None:
-            raise BadSample("missing_video", name)
-        fallback_fps = float(meta["fps"]) if isinstance(meta.get("fps"), (int, float)) else None
-        try:
-            video = self.clip(raw[ext], name, rng, fallback_fps)
-        except DecodeError as exc:
-            raise BadSample(exc.reason, str(exc)) from exc
-        except (av.FFmpegError, ValueError, RuntimeError, OSError) as exc:  # codec-level surprises
-            raise BadSample("undecodable", f"{name}: {type(exc).__name__}: {exc}") from exc
-
-        out: dict[str, Any] = {"key": key, "video": video}
-        if self.train:
-            out["text"] = self._tokenize([rng.choice(captions)])[0]
-        else:
-            out["text"] = self._tokenize(captions)
-        if label is not None:
-            out["label"] = label
-        group = meta.get("group", meta.get("pair"))  # `pair`: the synthetic set's name for a twin pair
-        if group is not None:
-            if isinstance(group, bool) or not isinstance(group, (str, int)):
-                raise BadSample("bad_json", f"{name}: group {group!r} is not a string or an int")
-            out["group"] = str(group)
-        teacher = raw.get(TEACHER_EXTENSION)
-        if teacher is not None:
-            try:
-                out["teacher"] = torch.from_numpy(np.load(io.BytesIO(teacher), allow_pickle=False).copy())
-            except (ValueError, OSError, EOFError) as exc:
-                raise BadSample("bad_teacher", f"{name}: {exc}") from exc
-        return out
-
-
-def raw_group(raw: dict[str, Any]) -> str | None:
-    """The `group` of a raw shard sample (read from its json; `pair` is the synthetic set's name), or None."""
-    try:
-        meta = json.loads(raw["json"].decode("utf-8")) if "json" in raw else None
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return None  # the decoder rejects it later, as a sample of its own
-    if not isinstance(meta, dict):
-        return None
-    group = meta.get("group", meta.get("pair"))
-    return None if group is None or isinstance(group, bool) else str(group)
+__all__ = [
+    "BadSample", "SampleDecoder", "Shard", "ShardDataset", "ShardLoader", "Tokenizer", "count_samples", "iter_tar",
+    "list_shards", "raw_group", "shuffle_buffer", "shuffled_shards", "split_quota", "train_batches_per_rank",
+]
 
 
 # --------------------------------------------------------------------------------------------

@@ -29,6 +29,15 @@ def test_the_core_reaches_blocks_only_through_the_registry(path):
     assert not {m for m in mvclip_imports(path) if m.startswith("mvclip.blocks")}
 
 
+UTILITY_MODULES = UTILITIES | {"mvclip.checkpoints", "mvclip.extras"}
+
+
+@pytest.mark.parametrize("module", sorted(UTILITY_MODULES))
+def test_utilities_import_only_utilities(module):
+    path = ROOT / "src" / (module.replace(".", "/") + ".py")
+    assert mvclip_imports(path) <= UTILITY_MODULES
+
+
 @pytest.mark.parametrize("path", files("src/mvclip/layers"), ids=lambda p: p.name)
 def test_layers_import_nothing_but_layers(path):
     assert {m for m in mvclip_imports(path) if not m.startswith("mvclip.layers")} == set()

@@ -137,7 +137,7 @@ def test_export_command_on_a_checkpoint_then_embed_real_videos_with_both_backend
     ckpt.parent.mkdir()
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "global_step": 7,
                 "mvclip_preprocess": {"frames": 4, "resolution": 64, "sampling": "segments"}}, ckpt)
-    assert cli_main(["export", "--ckpt", str(ckpt), "--latency-repeats", "1"]) == 0
+    assert cli_main(["export", "--ckpt_path", str(ckpt), "--latency_repeats", "1"]) == 0
     folder = tmp_path / "run" / "last.export"
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["step"] == 7 and metrics["input"] == {"frames": 4, "resolution": 64}
@@ -165,9 +165,9 @@ def test_export_command_on_a_checkpoint_then_embed_real_videos_with_both_backend
 
 
 def test_export_command_errors_name_the_file(tmp_path, capsys):
-    assert cli_main(["export", "--ckpt", str(tmp_path / "missing.ckpt")]) == 2
+    assert cli_main(["export", "--ckpt_path", str(tmp_path / "missing.ckpt")]) == 2
     assert "missing.ckpt" in capsys.readouterr().err
     bad = tmp_path / "bad.ckpt"
     torch.save({"weights": torch.zeros(1)}, bad)
-    assert cli_main(["export", "--ckpt", str(bad)]) == 2
+    assert cli_main(["export", "--ckpt_path", str(bad)]) == 2
     assert "bad.ckpt: not a Lightning checkpoint" in capsys.readouterr().err

@@ -39,7 +39,7 @@ from mvclip.testing import randomize_for_fusion_
 
 from helpers import ROOT
 
-EXPORT = ["--no-onnx", "--latency-repeats", "1"]
+EXPORT = ["--no_onnx", "--latency_repeats", "1"]
 PREPROCESS = {"frames": 4, "resolution": 32, "sampling": "segments"}  # small clips keep each export around a second
 
 
@@ -92,7 +92,7 @@ def test_export_refuses_the_checkpoint_folder_and_every_folder_above_it(checkpoi
     runs = checkpoint.parents[2]
     before = snapshot(runs)
     for out in (checkpoint.parent, checkpoint.parent.parent, runs):
-        assert cli_main(["export", "--ckpt", str(checkpoint), "--out", str(out), *EXPORT]) == 2
+        assert cli_main(["export", "--ckpt_path", str(checkpoint), "--out", str(out), *EXPORT]) == 2
         lines = error_lines(capsys)
         assert lines == [f"mvclip export: {out}: holds the checkpoint {checkpoint}; an export replaces its whole folder, "
                          "so it is never written over the checkpoint's folder (or a folder above it). Choose another "
@@ -106,18 +106,18 @@ def test_export_refuses_a_folder_of_other_files_and_an_export_holding_foreign_fi
     (foreign / "report.txt").write_text("keep me")
     (foreign / "sub" / "data.bin").write_bytes(b"\x00\x01")
     before = snapshot(foreign)
-    assert cli_main(["export", "--ckpt", str(checkpoint), "--out", str(foreign), *EXPORT]) == 2
+    assert cli_main(["export", "--ckpt_path", str(checkpoint), "--out", str(foreign), *EXPORT]) == 2
     assert error_lines(capsys) == [f"mvclip export: {foreign}: is not empty and is not an mvclip export (no {MARKER_NAME}); "
                                    "refusing to replace it, because an export never deletes what it did not write. "
                                    "Choose a new or empty folder"]
     assert snapshot(foreign) == before
 
     out = tmp_path / "exp"
-    assert cli_main(["export", "--ckpt", str(checkpoint), "--out", str(out), *EXPORT]) == 0
+    assert cli_main(["export", "--ckpt_path", str(checkpoint), "--out", str(out), *EXPORT]) == 0
     (out / "my_results.csv").write_text("a,b\n")  # the user adds a file to the export folder
     before = snapshot(out)
     capsys.readouterr()
-    assert cli_main(["export", "--ckpt", str(checkpoint), "--out", str(out), *EXPORT]) == 2
+    assert cli_main(["export", "--ckpt_path", str(checkpoint), "--out", str(out), *EXPORT]) == 2
     [line] = error_lines(capsys)
     assert line.startswith(f"mvclip export: {out}: an earlier export, but it also holds my_results.csv, which the export did not write")
     assert snapshot(out) == before
@@ -174,7 +174,7 @@ def test_an_export_from_before_the_marker_is_recognized_by_its_metrics(tmp_path,
 def test_export_to_a_place_that_cannot_be_written_is_one_line_and_the_earlier_export_stays(tmp_path, checkpoint, capsys, monkeypatch):
     place = tmp_path / "shared"
     out = place / "exp"
-    assert cli_main(["export", "--ckpt", str(checkpoint), "--out", str(out), *EXPORT]) == 0
+    assert cli_main(["export", "--ckpt_path", str(checkpoint), "--out", str(out), *EXPORT]) == 0
     before = snapshot(place)
     capsys.readouterr()
     if os.geteuid() != 0:
@@ -187,7 +187,7 @@ def test_export_to_a_place_that_cannot_be_written_is_one_line_and_the_earlier_ex
 
         monkeypatch.setattr(mvclip.export.tempfile, "mkdtemp", refuse)
     try:
-        assert cli_main(["export", "--ckpt", str(checkpoint), "--out", str(out), *EXPORT]) == 2
+        assert cli_main(["export", "--ckpt_path", str(checkpoint), "--out", str(out), *EXPORT]) == 2
     finally:
         place.chmod(0o755)
     [line] = error_lines(capsys)
@@ -200,7 +200,7 @@ def test_convert_does_not_overwrite_a_model_ckpt_it_did_not_write(tmp_path, caps
     out = tmp_path / "out"
     out.mkdir()
     (out / "model.ckpt").write_bytes(b"someone else's checkpoint")
-    assert cli_main(["convert", "--from", "mobileclip", "--ckpt", str(tmp_path / "mobileclip_s0.pt"), "--out", str(out)]) == 2
+    assert cli_main(["convert", "--from", "mobileclip", "--ckpt_path", str(tmp_path / "mobileclip_s0.pt"), "--out", str(out)]) == 2
     assert error_lines(capsys) == [f"mvclip convert: {out / 'model.ckpt'} exists and was not written by convert; refusing to "
                                    "overwrite it (choose another --out)"]
     assert snapshot(out) == {"model.ckpt": b"someone else's checkpoint"}
@@ -213,13 +213,13 @@ def test_export_rebuilds_from_the_checkpoint_config_when_the_yaml_was_edited_or_
     edited = yaml.safe_load(model_yaml.read_text())
     edited["text"]["stages"][1]["depth"] = 2  # another model under the same name
     model_yaml.write_text(yaml.safe_dump(edited))
-    assert cli_main(["export", "--ckpt", str(checkpoint), "--out", str(tmp_path / "a"), *EXPORT]) == 0
+    assert cli_main(["export", "--ckpt_path", str(checkpoint), "--out", str(tmp_path / "a"), *EXPORT]) == 0
     warning = [line for line in error_lines(capsys) if "warning" in line]
     assert warning == [f"mvclip export: warning: model {model_yaml} differs from the model config stored in the checkpoint "
                        f"(text.stages[1].depth: 1 in the checkpoint, 2 here); using the copy stored in {checkpoint}"]
     assert yaml.safe_load((tmp_path / "a" / "model.yaml").read_text())["text"]["stages"][1]["depth"] == 1
     model_yaml.unlink()  # moved away: the checkpoint still exports
-    assert cli_main(["export", "--ckpt", str(checkpoint), "--out", str(tmp_path / "b"), *EXPORT]) == 0
+    assert cli_main(["export", "--ckpt_path", str(checkpoint), "--out", str(tmp_path / "b"), *EXPORT]) == 0
     assert f"model {model_yaml} cannot be used (model config file not found" in capsys.readouterr().err
     clip = torch.rand(2, 4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
@@ -383,7 +383,7 @@ def test_truncated_empty_or_garbage_checkpoints_say_so_and_a_malicious_one_is_re
         (tmp_path / name).write_bytes(data)
     for name in damaged:
         path = tmp_path / name
-        assert cli_main(["export", "--ckpt", str(path), *EXPORT]) == 2
+        assert cli_main(["export", "--ckpt_path", str(path), *EXPORT]) == 2
         [line] = error_lines(capsys)
         assert line.startswith(f"mvclip export: {path}: truncated or corrupted"), line
         with pytest.raises(CheckpointError, match=rf"{path}: truncated or corrupted"):
@@ -402,7 +402,7 @@ def test_truncated_empty_or_garbage_checkpoints_say_so_and_a_malicious_one_is_re
 
     evil = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "payload": Payload()}, evil)
-    assert cli_main(["export", "--ckpt", str(evil), *EXPORT]) == 2
+    assert cli_main(["export", "--ckpt_path", str(evil), *EXPORT]) == 2
     assert error_lines(capsys) == [f"mvclip export: {evil}: refused: it holds a Python object (posix.system) that loading could "
                                    "execute; mvclip loads weights with weights_only=True and never runs code from a file "
                                    "(save tensors, or use safetensors)"]
@@ -430,9 +430,9 @@ def test_annotations_in_another_encoding_name_file_and_line_and_read_with_encodi
     [clip] = read_annotations(latin, videos, encoding="latin-1")
     assert clip.captions == ["a red ball", "un café noir"]
     out = tmp_path / "shards"
-    assert shards_cli.main(["--videos", str(videos), "--annotations", str(latin), "--out", str(out), "--no-progress"]) == 2
+    assert shards_cli.main(["--videos", str(videos), "--annotations", str(latin), "--out", str(out), "--no_progress"]) == 2
     assert capsys.readouterr().err.strip() == f"error: {caught.value}"
-    assert shards_cli.main(["--videos", str(videos), "--annotations", str(latin), "--out", str(out), "--no-progress",
+    assert shards_cli.main(["--videos", str(videos), "--annotations", str(latin), "--out", str(out), "--no_progress",
                             "--encoding", "latin-1"]) == 0
     assert read_manifest(out)["total_samples"] == 1
     bom = tmp_path / "bom.csv"  # "CSV UTF-8" from a spreadsheet starts with a byte-order mark
@@ -444,13 +444,13 @@ def test_a_header_only_csv_is_an_error_not_an_empty_dataset(tmp_path, clip_file,
     header = tmp_path / "header.csv"
     header.write_text("path,caption\n")
     out = tmp_path / "shards"
-    assert shards_cli.main(["--videos", str(clip_file.parent), "--annotations", str(header), "--out", str(out), "--no-progress"]) == 2
+    assert shards_cli.main(["--videos", str(clip_file.parent), "--annotations", str(header), "--out", str(out), "--no_progress"]) == 2
     assert capsys.readouterr().err.strip() == (f"error: {header}: no samples in it (a csv file with no rows or records, e.g. a CSV "
                                                "header alone); expected at least one annotated video")
     assert not out.exists()
     missing = tmp_path / "missing.csv"  # rows, but every video is missing: the build says nothing was written
     missing.write_text("path,caption\nnope.mp4,a red ball\n")
-    assert shards_cli.main(["--videos", str(clip_file.parent), "--annotations", str(missing), "--out", str(out), "--no-progress"]) == 1
+    assert shards_cli.main(["--videos", str(clip_file.parent), "--annotations", str(missing), "--out", str(out), "--no_progress"]) == 1
     assert f"error: no sample was written to {out}: every input was skipped" in capsys.readouterr().err
 
 

@@ -334,8 +334,8 @@ def test_convert_writes_a_checkpoint_and_a_verified_fused_export(tmp_path, capsy
     path = tmp_path / "mobileclip_s0.pt"
     torch.save(state, path)
     out = tmp_path / "s0_video_baseline"
-    assert main(["convert", "--from", "mobileclip", "--ckpt", str(path), "--out", str(out), "--frames", "2", "--resolution", "64",
-                 "--latency-repeats", "2"]) == 0
+    assert main(["convert", "--from", "mobileclip", "--ckpt_path", str(path), "--out", str(out), "--frames", "2", "--resolution", "64",
+                 "--latency_repeats", "2"]) == 0
     printed = capsys.readouterr().out
     assert f"{path} (apple_mobileclip): loaded {len(state)} tensors" in printed
     metrics = json.loads((out / "export" / "metrics.json").read_text())
@@ -362,7 +362,7 @@ def test_convert_refuses_a_file_of_another_family(tmp_path, capsys):
 
     path = tmp_path / "tiny.pt"
     torch.save(build("mobileclip_s0_frames").state_dict(), path)  # mvclip names, not a MobileCLIP release
-    assert main(["convert", "--from", "mobileclip", "--ckpt", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert main(["convert", "--from", "mobileclip", "--ckpt_path", str(path), "--out", str(tmp_path / "out")]) == 2
     assert "mvclip layout, not a mobileclip checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 

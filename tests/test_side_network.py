@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -297,3 +299,84 @@ def test_summary_reports_the_side_network_as_its_own_row():
     assert side.params == count_params(model.video.side) + count_params(model.video.side_head)
     assert side.flops > 0 and side.output_shape == (1, 32)
     assert [r.name for r in rows if r.encoder == "video"][:2] == ["stem", "stages[0]"]
+
+
+BEFORE_REGISTRATION = Path(__file__).parent / "fixtures" / "side_models_before_registration.json"
+
+
+@pytest.mark.parametrize("path", ["recipes/models/tiny_cpu_side.yaml", "recipes/models/side4video_tiny.yaml",
+                                  "recipes/models/side4video_vit_b16.yaml"])
+def test_side_yamls_build_the_state_they_built_before_the_parts_were_registered(path):
+    """The fixture was written from the hand-wired builder: same names, order and shapes (built on the meta device)."""
+    expected = json.loads(BEFORE_REGISTRATION.read_text())["models"][path]["state"]
+    with torch.device("meta"):
+        model = build_model(path)
+    assert {k: list(v.shape) for k, v in model.state_dict().items()} == expected
+    assert list(model.state_dict()) == list(expected)
+
+
+def test_tiny_side_yaml_computes_what_it_computed_before_the_parts_were_registered():
+    expected = json.loads(BEFORE_REGISTRATION.read_text())["models"]["recipes/models/tiny_cpu_side.yaml"]
+    torch.manual_seed(0)
+    model = build_model("recipes/models/tiny_cpu_side.yaml").eval()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        embedding = model.encode_video(torch.rand(1, 2, 3, 64, 64))
+    torch.testing.assert_close(embedding[0, :16], torch.tensor(expected["video_embedding"]), atol=1e-6, rtol=0)
+    assert float(embedding.double().sum()) == pytest.approx(expected["video_embedding_sum"], rel=1e-6)
+
+
+@pytest.mark.parametrize("head", [("retrieval", "side_retrieval_head"), ("classification", "side_classification_head")])
+def test_naming_the_default_parts_builds_the_same_model(head):
+    short, registered = head
+    shorthand = mci_side()
+    shorthand["video"]["side"].update(head=short, num_classes=3)
+    named = mci_side()
+    side = named["video"]["side"]
+    patch_size, grid = side.pop("patch_size"), side.pop("grid")
+    side.update(stem={"block": "side_stem", "patch_size": patch_size, "grid": grid}, fusion_block="side_fusion",
+                head={"block": registered, "num_classes": 3} if short == "classification" else {"block": registered})
+    torch.manual_seed(0)
+    a = build_model(shorthand)
+    torch.manual_seed(0)
+    b = build_model(named)
+    assert a.state_dict().keys() == b.state_dict().keys()
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    assert [m.block_name for m in (b.video.side.stem, b.video.side.fusions[0], b.video.side_head)] == [
+        "side_stem", "side_fusion", registered]
+
+
+def test_a_registered_side_part_replaces_the_default(isolated_registry):
+    @mvclip.register_block("test_gated_fusion", kind="side_fusion")
+    class GatedFusion(torch.nn.Module):
+        """Down(Norm(x)) scaled by a learned gate."""
+
+        def __init__(self, in_dim: int, dim: int, gate: float = 0.5):
+            super().__init__()
+            self.down = torch.nn.Sequential(torch.nn.LayerNorm(in_dim), torch.nn.Linear(in_dim, dim))
+            self.gate = torch.nn.Parameter(torch.tensor(gate))
+
+        def forward(self, x):
+            return self.gate * self.down(x)
+
+    model, video = make("mci", fusion_block={"block": "test_gated_fusion", "gate": 0.25})
+    assert all(isinstance(f, GatedFusion) and float(f.gate) == 0.25 for f in model.video.side.fusions)
+    assert [f.down[1].in_features for f in model.video.side.fusions] == [32, 64, 128, 256]  # the backbone's stage widths
+    assert model.encode_video(video).shape == (2, 256)
+
+
+@pytest.mark.parametrize(
+    "side,match",
+    [
+        ({"stem": {"block": "side_block"}}, r"model\.video\.side\.stem: block 'side_block' is a side block; expected a side_stem block"),
+        ({"fusion_block": "side_stem"}, r"model\.video\.side\.fusion_block: block 'side_stem' is a side_stem block; expected a side_fusion"),
+        ({"head": {"block": "mci_head"}}, r"model\.video\.side\.head: block 'mci_head' is a video block; expected a side_head block"),
+        ({"head": "regression"}, r"model\.video\.side\.head: expected one of retrieval, classification, got 'regression'"),
+        ({"stem": {"block": "side_stem", "patch": 8}}, r"model\.video\.side\.stem: block 'side_stem' got unexpected argument\(s\) 'patch'"),
+    ],
+)
+def test_side_parts_of_the_wrong_kind_or_arguments_are_named(side, match):
+    cfg = copy.deepcopy(VIT_SIDE)
+    cfg["video"]["side"].update(side)
+    with pytest.raises(ConfigError, match=match):
+        build_model(cfg)

@@ -149,7 +149,7 @@ def test_print_commands_lists_pending_runs_and_runs_nothing(tmp_path, minimal, c
     root = tmp_path / "root"
     fake_metrics(root / "a" / "seed1", 12.0)  # finished: not printed
     fake_metrics(root / "b" / "seed0", 9.0, kind="best")  # a best export does not finish a `last` sweep
-    code = sweep_main(["--sweep", str(minimal), "--root", str(root), "--print-commands", "--only", "a", "--only", "b",
+    code = sweep_main(["--sweep", str(minimal), "--root", str(root), "--print_commands", "--only", "a", "--only", "b",
                        "--set", "data.frames=4"])
     assert code == 0
     lines = capsys.readouterr().out.strip().splitlines()

@@ -21,17 +21,26 @@ from mvclip.config_checks import check_kernel_sizes, finite_number, resolve_inte
 from mvclip.errors import ConfigError
 from mvclip.model import TEXT_ATTENTION_MASKS, TEXT_POOLS, Stage, TextEncoder, VideoEncoder, VideoTextModel
 from mvclip.registry import REGISTRY, BlockEntry
-from mvclip.side import FUSION_LAYERS, FUSION_POINTS, SideClassificationHead, SideNetwork, SideRetrievalHead, SideStem, SideVideoEncoder, fusion_indices
-from mvclip.side.network import FusionLayer
+from mvclip.side import FUSION_LAYERS, FUSION_POINTS, SideNetwork, SideVideoEncoder, fusion_indices
 
 MODEL_KEYS = {"imports", "embed_dim", "logit_scale", "video", "text", "name", "description", "inference_mode"}
 VIDEO_KEYS = {"in_channels", "num_frames", "stem", "stages", "head", "side"}
-SIDE_KEYS = {"width", "depth", "block", "fusion", "fusion_every", "fusion_points", "patch_size", "grid", "head", "num_classes", "train_projection"}
-SIDE_HEADS = ("retrieval", "classification")
+SIDE_KEYS = {"width", "depth", "stem", "fusion_block", "block", "fusion", "fusion_every", "fusion_points", "patch_size", "grid", "head",
+             "num_classes", "train_projection"}
+# `head: retrieval` / `head: classification` are short for these registered side heads
+SIDE_HEADS = {"retrieval": "side_retrieval_head", "classification": "side_classification_head"}
 VIDEO_STAGE_KEYS = {"block", "depth", "dim", "downsample", "pos_embed"}
 TEXT_KEYS = {"vocab_size", "context_length", "width", "stages", "attention_mask", "pool"}
 TEXT_STAGE_KEYS = {"block", "depth"}
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PRESETS_DIR = PROJECT_ROOT / "recipes" / "models"
+DEFAULT_MODEL_CONFIG = "recipes/models/tiny_cpu.yaml"  # what a recipe without `model.model` trains
+
+
+# a context value that exists only once other parts are built (the backbone head a side head copies): planned with
+# this placeholder, handed over by `_Planned.build(name=module)`
+BUILT_LATER: Any = object()
 
 
 @dataclass
@@ -43,8 +52,9 @@ class _Planned:
     kwargs: dict[str, Any]
     reparameterize: bool = False  # inference form of a block without `inference_mode`: fold right after building
 
-    def build(self) -> nn.Module:
-        module = REGISTRY.instantiate(self.entry, self.kwargs, path=self.path)
+    def build(self, **built: nn.Module) -> nn.Module:
+        kwargs = {k: built[k] if v is BUILT_LATER else v for k, v in self.kwargs.items()}
+        module = REGISTRY.instantiate(self.entry, kwargs, path=self.path)
         if self.reparameterize:
             module.eval().reparameterize()  # its random init is replaced when the fused weights load
         return module
@@ -59,20 +69,15 @@ class _StagePlan:
 
 @dataclass
 class _SidePlan:
-    """The `video.side` section, resolved: one group of `depth` side blocks per fused backbone layer."""
+    """The `video.side` section, resolved: its stem, per fused backbone layer a fusion block and a group of `depth`
+    side blocks, and its head."""
 
-    width: int
+    stem: _Planned
+    fusions: list[_Planned]
     blocks: list[list[_Planned]]
-    in_dims: list[int]  # backbone channels at each fused layer
+    head: _Planned  # gets the built backbone head as `backbone_head` when it takes one
     fusion_points: str
     fusion_layers: list[int]
-    patch_size: int
-    grid: int
-    in_channels: int
-    head: str
-    num_classes: int | None
-    train_projection: bool
-    inference_mode: bool
 
 
 @dataclass
@@ -118,16 +123,26 @@ def apply_overrides(cfg: DictConfig, overrides: Mapping[str, Any] | None, *, new
     return cfg
 
 
+def list_presets() -> list[str]:
+    """Names of the model YAMLs in `recipes/models/`, which `build_model` and `--model.model` accept by name."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
 def _find_config(path: Path) -> Path:
-    """A relative path is looked up from the working directory, then from the project root (recipes/ lives there)."""
+    """A relative path is looked up from the working directory, then from the project root (recipes/ lives there);
+    a bare name without a suffix (`mobileviclip_tiny`) is a preset of `recipes/models/`."""
     if path.is_file() or path.is_absolute():
         if not path.is_file():
             raise ConfigError(f"model config file not found: {path}")
         return path
-    project_root = Path(__file__).resolve().parents[2]
-    if (project_root / path).is_file():
-        return project_root / path
-    raise ConfigError(f"model config file not found: {path} (looked in {Path.cwd()} and {project_root})")
+    if (PROJECT_ROOT / path).is_file():
+        return PROJECT_ROOT / path
+    if len(path.parts) == 1 and not path.suffix:
+        preset = PRESETS_DIR / f"{path}.yaml"
+        if preset.is_file():
+            return preset
+        raise ConfigError(f"model config {str(path)!r}: no such file and no such preset (presets: {', '.join(list_presets())})")
+    raise ConfigError(f"model config file not found: {path} (looked in {Path.cwd()} and {PROJECT_ROOT})")
 
 
 def build_model(config: str | Path | Mapping | DictConfig, *, path: str = "model", base_dir: Path | None = None) -> VideoTextModel:
@@ -227,8 +242,10 @@ def _plan_video(cfg: Any, path: str, embed_dim: int, inference_mode: bool = Fals
 def _plan_side(
     cfg: Any, path: str, stage_shapes: list[tuple[int, int]], head: _Planned, num_frames: int, in_channels: int, inference_mode: bool
 ) -> _SidePlan:
-    """`video.side`: width, depth (side blocks per fused layer), block, fusion (all/interval/top), fusion_every,
-    fusion_points (blocks/stages), patch_size and grid of the side stem, head (retrieval/classification)."""
+    """`video.side`: width, depth (side blocks per fused layer), the parts (`stem`, `fusion_block`, `block`, `head`:
+    registered blocks, by default side_stem, side_fusion, side_block and the retrieval head), fusion (all/interval/top),
+    fusion_every and fusion_points (blocks/stages). `patch_size`/`grid`, `num_classes` and `train_projection` are
+    shorthands for arguments of the stem and the head."""
     _check_keys(cfg, SIDE_KEYS, path)
     width = _positive_int(cfg.get("width", 320), f"{path}.width")
     depth = _positive_int(cfg.get("depth", 1), f"{path}.depth")
@@ -239,41 +256,50 @@ def _plan_side(
     layers = fusion_indices(len(point_dims), fusion, every)
     if not layers:
         raise ConfigError(f"{path}: fusion={fusion!r} (fusion_every={every}) picks none of the backbone's {len(point_dims)} {points}")
-    head_kind = _choice(cfg.get("head", "retrieval"), SIDE_HEADS, f"{path}.head")
-    num_classes = None
-    if head_kind == "classification":
-        num_classes = _positive_int(cfg.get("num_classes"), f"{path}.num_classes")
+    head_spec = cfg.get("head", "retrieval")
+    if isinstance(head_spec, str) and head_spec not in SIDE_HEADS:
+        _choice(head_spec, tuple(SIDE_HEADS), f"{path}.head")
+    head_args: dict[str, Any] = {"backbone_head": BUILT_LATER}
+    if head_spec == "classification" or "num_classes" in cfg:
+        head_args["num_classes"] = _positive_int(cfg.get("num_classes"), f"{path}.num_classes")
     if not head.entry.traits.has_features:
         raise ConfigError(
             f"{path}: the backbone head {head.entry.name!r} has no `features(x, frames)` (with `norm` and `proj`), "
             "which a side network reads the frozen pre-projection feature from; use mci_head or vit_head"
         )
-    train_projection = cfg.get("train_projection", False)
-    if not isinstance(train_projection, bool):
-        raise ConfigError(f"{path}.train_projection: expected true or false, got {train_projection!r}")
-    mode = {"inference_mode": True} if inference_mode else {}
-    spec = cfg.get("block", "side_block")
-    spec = {"block": spec} if isinstance(spec, str) else spec  # `block: side_block` is short for `{block: side_block}`
-    if not isinstance(spec, (Mapping, DictConfig)) or not isinstance(spec.get("block"), str):
-        raise ConfigError(f"{path}.block: expected a block name or a mapping such as {{block: side_block, token_shift: false}}, got {spec!r}")
-    entry = REGISTRY.get(spec["block"], path=f"{path}.block")
+    if "train_projection" in cfg:
+        if not isinstance(cfg.train_projection, bool):
+            raise ConfigError(f"{path}.train_projection: expected true or false, got {cfg.train_projection!r}")
+        head_args["train_projection"] = cfg.train_projection
+    stem_args = {key: _positive_int(cfg[key], f"{path}.{key}") for key in ("patch_size", "grid") if key in cfg}
+    context = {"dim": width, "num_frames": num_frames, **({"inference_mode": True} if inference_mode else {})}
+    stem = _plan_side_part(cfg.get("stem", "side_stem"), f"{path}.stem", "side_stem", in_channels=in_channels, **stem_args, **context)
+    fusions = [_plan_side_part(cfg.get("fusion_block", "side_fusion"), f"{path}.fusion_block", "side_fusion", in_dim=point_dims[i], **context)
+               for i in layers]
+    block = _side_part_spec(cfg.get("block", "side_block"), f"{path}.block")
+    entry = REGISTRY.get(block["block"], path=f"{path}.block")
     if entry.kind != "side":
         raise ConfigError(f"{path}.block: block {entry.name!r} is a {entry.kind} block; a side network needs side blocks (e.g. side_block)")
-    blocks = [[_resolve(spec, f"{path}.block", dim=width, num_frames=num_frames, **mode) for _ in range(depth)] for _ in layers]
-    return _SidePlan(
-        width=width,
-        blocks=blocks,
-        in_dims=[point_dims[i] for i in layers],
-        fusion_points=points,
-        fusion_layers=layers,
-        patch_size=_positive_int(cfg.get("patch_size", 16), f"{path}.patch_size"),
-        grid=_positive_int(cfg.get("grid", 14), f"{path}.grid"),
-        in_channels=in_channels,
-        head=head_kind,
-        num_classes=num_classes,
-        train_projection=train_projection,
-        inference_mode=inference_mode,
-    )
+    blocks = [[_resolve(block, f"{path}.block", **context) for _ in range(depth)] for _ in layers]
+    side_head = _plan_side_part(SIDE_HEADS.get(head_spec, head_spec) if isinstance(head_spec, str) else head_spec,
+                                f"{path}.head", "side_head", **head_args, **context)
+    return _SidePlan(stem=stem, fusions=fusions, blocks=blocks, head=side_head, fusion_points=points, fusion_layers=layers)
+
+
+def _side_part_spec(spec: Any, path: str) -> Mapping[str, Any]:
+    """`block: side_block` is short for `{block: side_block}`."""
+    spec = {"block": spec} if isinstance(spec, str) else spec
+    if not isinstance(spec, (Mapping, DictConfig)) or not isinstance(spec.get("block"), str):
+        raise ConfigError(f"{path}: expected a block name or a mapping such as {{block: side_block, token_shift: false}}, got {spec!r}")
+    return spec
+
+
+def _plan_side_part(spec: Any, path: str, kind: str, **context: Any) -> _Planned:
+    """One of a side network's parts other than its blocks: a registered block of `kind` (`mvclip.contracts`)."""
+    planned = _resolve(_side_part_spec(spec, path), path, **context)
+    if planned.entry.kind != kind:
+        raise ConfigError(f"{path}: block {planned.entry.name!r} is a {planned.entry.kind} block; expected a {kind} block here")
+    return planned
 
 
 def _plan_text(cfg: Any, path: str, embed_dim: int, inference_mode: bool = False) -> tuple[list[_Planned], dict[str, Any]]:
@@ -345,17 +371,12 @@ def _build(plan: _ModelPlan) -> VideoTextModel:
 
 
 def _build_side_encoder(plan: _ModelPlan, stages: list[Stage]) -> SideVideoEncoder:
-    side, inference = plan.side, plan.side.inference_mode
+    """Built in this order (backbone head, side stem, fusions, side blocks, side head, backbone stem) so a seed
+    gives the same weights as before the parts were registered blocks."""
+    side = plan.side
     head = plan.head.build()
-    network = SideNetwork(
-        SideStem(side.width, side.patch_size, side.grid, side.in_channels, inference_mode=inference),
-        [FusionLayer(dim, side.width) for dim in side.in_dims],
-        [[b.build() for b in group] for group in side.blocks],
-    )
-    if side.head == "retrieval":
-        side_head: nn.Module = SideRetrievalHead(side.width, head, side.train_projection, inference_mode=inference)
-    else:
-        side_head = SideClassificationHead(side.width, side.num_classes, inference_mode=inference)
+    network = SideNetwork(side.stem.build(), [f.build() for f in side.fusions], [[b.build() for b in group] for group in side.blocks])
+    side_head = side.head.build(backbone_head=head)
     return SideVideoEncoder(plan.stem.build(), stages, head, plan.num_frames, network, side_head, side.fusion_points, side.fusion_layers)
 
 

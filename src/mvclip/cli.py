@@ -1,12 +1,15 @@
 """Command-line entry point: one subcommand per module, imported only when used.
 
 Training subcommands (`fit`, `validate`, `test`, `predict`) go to LightningCLI; the others are
-small argparse programs. Each command module exposes `main(argv) -> int`.
+small argparse programs (`mvclip.commands.options.CommandParser`). Each command module exposes `main(argv) -> int`.
+All of them speak one option language: snake_case, kebab-case accepted (`mvclip.commands.options`).
 """
 from __future__ import annotations
 
 import importlib
 import sys
+
+from mvclip.commands.options import program
 
 # name -> (module with `main(argv)`, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -26,14 +29,23 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def _usage() -> str:
     width = max(len(name) for name in COMMANDS)
-    lines = ["usage: python -m mvclip <command> [options]", "", "commands:"]
+    lines = [f"usage: {program()} <command> [options]", "", "commands:"]
     lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
-    lines.append("\n`python -m mvclip <command> --help` describes each command.")
+    lines.append(f"\n`{program()} <command> --help` describes each command. Options are snake_case (`--ckpt_path`);"
+                 "\nthe kebab-case spelling of any option (`--ckpt-path`) is accepted too.")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _run(argv)
+    except BrokenPipeError:  # `python -m mvclip blocks | head` is fine
+        sys.stderr.close()
+        return 0
+
+
+def _run(argv: list[str]) -> int:
     if not argv or argv[0] in {"-h", "--help"}:
         print(_usage())
         return 0
@@ -44,9 +56,4 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[name][0])
     if module.__name__ == "mvclip.commands.train":
         rest = [name, *rest]  # LightningCLI reads the subcommand itself
-    try:
-        result = module.main(rest)
-    except BrokenPipeError:  # `python -m mvclip blocks | head` is fine
-        sys.stderr.close()
-        return 0
-    return int(result or 0)
+    return int(module.main(rest) or 0)

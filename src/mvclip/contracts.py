@@ -25,6 +25,10 @@ collected over a whole model by `declared_keys`):
                         parameter of fewer than two dimensions (biases, norms), which never decays
     zero_init_state     parameters that start at or near zero (layer scales, TPE): fusion checks randomize them,
                         since a branch scaled by zero would hide a wrong fold
+
+Kinds (`BLOCK_KINDS`, the `kind=` of `register_block`), each called as its protocol below says: video (`VideoBlock`),
+text (`TextBlock`), and a side network's parts: side (`SideStreamBlock`), side_stem (`SideStemBlock`), side_fusion
+(`SideFusionBlock`), side_head (`SideHeadBlock`).
 """
 from __future__ import annotations
 
@@ -35,6 +39,8 @@ import torch
 from torch import nn
 
 INPUT_LAYOUTS = ("map", "tokens")
+# what a registered block is for, each kind with its call signature below (VideoBlock, TextBlock, SideStreamBlock, ...)
+BLOCK_KINDS = ("video", "text", "side", "side_stem", "side_fusion", "side_head")
 STATE_DECLARATIONS = ("temporal_state", "derived_state", "no_decay_state", "zero_init_state")
 
 
@@ -82,6 +88,26 @@ class SideStreamBlock(Protocol):
     """`kind="side"`: side tokens `(B*T, N, C)`, the clip length and the backbone's global token `(B*T, C)` or None."""
 
     def __call__(self, x: torch.Tensor, frames: int, token: torch.Tensor | None) -> torch.Tensor: ...
+
+
+class SideStemBlock(Protocol):
+    """`kind="side_stem"`: a side network's own input, pixels `(B*T, C, H, W)` -> side tokens `(B*T, h*w, dim)` and
+    the grid `(h, w)` that backbone features are pooled to. Built with `dim` (the side width) and `in_channels`."""
+
+    def __call__(self, pixels: torch.Tensor, frames: int) -> tuple[torch.Tensor, tuple[int, int]]: ...
+
+
+class SideFusionBlock(Protocol):
+    """`kind="side_fusion"`: a backbone feature `(..., in_dim)` -> the side width `(..., dim)`, one per fusion point."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+class SideHeadBlock(Protocol):
+    """`kind="side_head"`: the side tokens `(B*T, N, dim)`, the frozen backbone head's pre-projection feature
+    `(B*T, F)` and the clip length -> the encoder's output `(B, out)`. May take `backbone_head` (the built head)."""
+
+    def __call__(self, side: torch.Tensor, feature: torch.Tensor, frames: int) -> torch.Tensor: ...
 
 
 class BlockDeclarations:

@@ -15,6 +15,10 @@ old export or the whole new one. If the fused model does not match the unfused o
 written and `ExportError` names the first block whose fused form disagrees. An export never deletes
 what it did not write (`mvclip.export_folder`): it refuses a folder of other files or the
 checkpoint's own folder, and replaces only an earlier export.
+
+This module writes the folder and re-exports the rest, split by concern: `mvclip.export_verify` (parity checks and
+the failure locator), `mvclip.export_measure` (parameters, FLOPs, latency), `mvclip.export_onnx` (the ONNX graphs)
+and `mvclip.export_folder` (the marker and the atomic swap).
 """
 from __future__ import annotations
 
@@ -22,59 +26,39 @@ import copy
 import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
-import time
-import warnings
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import OmegaConf
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
-from mvclip.layers.reparam import is_batchnorm
 from mvclip.builder import build_model
 from mvclip.checkpoints import load_safetensors, load_torch_file
-from mvclip.contracts import is_reparameterizable
 from mvclip.errors import CheckpointError
-from mvclip.extras import installed, missing_note
 from mvclip.export_folder import MARKER_NAME, ExportTargetError, check_export_target, replace_export, write_marker
-from mvclip.fusion import VerifyReport, compare_outputs, fuse
+from mvclip.export_measure import count_flops, interleaved_latency_ms, measure
+from mvclip.export_onnx import ONNX_MAX_ABS_DIFF, ONNX_OPSET, export_onnx
+from mvclip.extras import installed, missing_note
+from mvclip.fusion import compare_outputs, fuse
 from mvclip.model import VideoTextModel
 from mvclip.portable_config import portable_config
-from mvclip.summary import count_params
+from mvclip.export_verify import (
+    MAX_ABS_DIFF, MIN_COSINE, Check, ExportError, encoders, locate_fusion_failure, unfolded_layers, verify_fused,
+)
 
-MAX_ABS_DIFF = 1e-4  # on unit-norm float32 embeddings
-MIN_COSINE = 0.99999
-ONNX_MAX_ABS_DIFF = 1e-4
-ONNX_OPSET = 17
+__all__ = [
+    "EXPORT_FILES", "MAX_ABS_DIFF", "MIN_COSINE", "ONNX_MAX_ABS_DIFF", "ONNX_OPSET", "Check", "ExportError",
+    "count_flops", "export_checkpoint", "export_dir_for", "export_model", "export_onnx", "fused_config",
+    "interleaved_latency_ms", "load_export", "locate_fusion_failure", "measure", "model_from_checkpoint",
+    "random_inputs", "read_checkpoint", "unfolded_layers", "verify_fused",
+]
+
 EXPORT_FILES = ("model.safetensors", "model.yaml", "preprocess.json", "metrics.json")
-
-
-class ExportError(RuntimeError):
-    """The fused model (or its ONNX graph) does not reproduce the unfused model; nothing was written."""
-
-
-@dataclass(frozen=True)
-class Check:
-    """One parity check of the export: which output, against what, how far apart."""
-
-    name: str
-    max_abs_diff: float
-    min_cosine: float
-
-    @classmethod
-    def of(cls, name: str, report: VerifyReport) -> Check:
-        return cls(name, report.max_abs_diff, report.min_cosine)
-
-    @property
-    def ok(self) -> bool:
-        return self.max_abs_diff <= MAX_ABS_DIFF and self.min_cosine >= MIN_COSINE
 
 
 def export_dir_for(checkpoint: str | os.PathLike[str]) -> Path:
@@ -83,179 +67,6 @@ def export_dir_for(checkpoint: str | os.PathLike[str]) -> Path:
     return path.with_name(path.stem + ".export")
 
 
-def _encoders(model: VideoTextModel) -> dict[str, Callable[[VideoTextModel, torch.Tensor], torch.Tensor]]:
-    out: dict[str, Callable[[VideoTextModel, torch.Tensor], torch.Tensor]] = {"video": lambda m, x: m.encode_video(x, normalize=True)}
-    if model.text is not None:
-        out["text"] = lambda m, x: m.encode_text(x, normalize=True)
-    return out
-
-
-# -- verification --------------------------------------------------------------------------------
-@torch.no_grad()
-def verify_fused(model: VideoTextModel, fused: VideoTextModel, inputs: Mapping[str, torch.Tensor]) -> list[Check]:
-    """Unit-norm embeddings of the unfused (eval) and fused models on the same held-out inputs."""
-    checks = []
-    for name, encode in _encoders(model).items():
-        report = compare_outputs(encode(model, inputs[name]), encode(fused, inputs[name]))
-        check = Check.of(name, report)
-        if not check.ok:
-            culprit = locate_fusion_failure(model, fused, lambda m, x=inputs[name], e=encode: e(m, x))
-            raise ExportError(
-                f"fused {name} encoder does not match the unfused one: max |diff| {check.max_abs_diff:.3g} "
-                f"(limit {MAX_ABS_DIFF:g}), min cosine {check.min_cosine:.7f} (limit {MIN_COSINE}); {culprit}"
-            )
-        checks.append(check)
-    return checks
-
-
-def _reparameterizable(model: nn.Module) -> dict[str, nn.Module]:
-    """The outermost modules with `reparameterize()`, by qualified name (what `fuse` calls)."""
-    found: dict[str, nn.Module] = {}
-
-    def walk(module: nn.Module, prefix: str) -> None:
-        if is_reparameterizable(module):
-            found[prefix] = module
-            return
-        for name, child in module.named_children():
-            walk(child, f"{prefix}.{name}" if prefix else name)
-
-    walk(model, "")
-    return found
-
-
-@torch.no_grad()
-def locate_fusion_failure(model: nn.Module, fused: nn.Module, run: Callable[[nn.Module], Any], rel_tol: float = 1e-4) -> str:
-    """Feed every fused block the exact input its unfused twin saw, and name the first that disagrees."""
-    blocks = _reparameterizable(model)
-    fused_modules = dict(fused.named_modules())
-    records: list[tuple[str, tuple, torch.Tensor]] = []
-    hooks = [
-        module.register_forward_hook(lambda m, args, out, name=name: records.append((name, args, out)))
-        for name, module in blocks.items()
-    ]
-    try:
-        run(model)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    for name, args, expected in records:
-        got = fused_modules[name](*args)
-        report = compare_outputs(expected.flatten(1), got.flatten(1))
-        if report.max_rel_diff > rel_tol:
-            return f"first mismatching block: {name} ({type(blocks[name]).__name__}), relative difference {report.max_rel_diff:.3g}"
-    return "every block matches on its own; the mismatch comes from how they are combined"
-
-
-# -- measurements --------------------------------------------------------------------------------
-@torch.no_grad()
-def count_flops(run: Callable[[], Any]) -> int:
-    """FLOPs of one call (torch's flop counter: a multiply-add counts 2)."""
-    with FlopCounterMode(display=False) as counter:
-        run()
-    return int(counter.get_total_flops())
-
-
-def interleaved_latency_ms(candidates: Mapping[str, Callable[[], Any]], repeats: int = 10, warmup: int = 2) -> dict[str, float]:
-    """Median wall time of each candidate, run round-robin so that machine load hits all of them alike."""
-    for _ in range(warmup):
-        for run in candidates.values():
-            run()
-    times: dict[str, list[float]] = {name: [] for name in candidates}
-    for _ in range(repeats):
-        for name, run in candidates.items():
-            start = time.perf_counter()
-            run()
-            times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
-def measure(model: VideoTextModel, fused: VideoTextModel, video: torch.Tensor, tokens: torch.Tensor | None, repeats: int = 10) -> dict[str, Any]:
-    """Parameters, FLOPs of one clip / one caption (fused), and CPU latency of one clip unfused vs fused.
-
-    Both models must be on the CPU and in eval mode.
-    """
-    clip = video[:1]
-    params = {
-        "total": count_params(model),
-        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "video": count_params(model.video),
-        "text": count_params(model.text) if model.text is not None else 0,
-        "video_fused": count_params(fused.video),
-    }
-    flops = {"video_clip": count_flops(lambda: fused.encode_video(clip))}
-    if tokens is not None and fused.text is not None:
-        flops["text"] = count_flops(lambda: fused.encode_text(tokens[:1]))
-    with torch.no_grad():
-        latency = interleaved_latency_ms({"video_unfused": lambda: model.encode_video(clip), "video_fused": lambda: fused.encode_video(clip)}, repeats)
-    latency["fused_speedup"] = latency["video_unfused"] / latency["video_fused"]
-    return {
-        "params": params,
-        "flops": flops,
-        "latency_ms": latency,
-        "latency_threads": torch.get_num_threads(),
-        "unfolded": unfolded_layers(fused),
-    }
-
-
-def unfolded_layers(fused: nn.Module) -> dict[str, Any]:
-    """What reparameterization left in place: normalization layers by type (LayerNorm normalizes each token by
-    its own statistics and cannot fold; a BatchNorm left here is one no block folded) and where the BatchNorms are."""
-    norms: dict[str, int] = {}
-    batchnorms = []
-    for name, module in fused.named_modules():
-        if isinstance(module, (nn.LayerNorm, nn.GroupNorm)) or is_batchnorm(module):
-            norms[type(module).__name__] = norms.get(type(module).__name__, 0) + 1
-            if is_batchnorm(module):
-                batchnorms.append(name)
-    return {"norms": norms, "batchnorms": batchnorms}
-
-
-# -- ONNX ----------------------------------------------------------------------------------------
-class _Encoder(nn.Module):
-    """One encoder of a VideoTextModel as a standalone graph: input -> unit-norm embedding."""
-
-    def __init__(self, model: VideoTextModel, kind: str) -> None:
-        super().__init__()
-        self.model, self.kind = model, kind
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kind == "video":
-            return self.model.encode_video(x, normalize=True)
-        return self.model.encode_text(x, normalize=True)
-
-
-def export_onnx(fused: VideoTextModel, inputs: Mapping[str, torch.Tensor], folder: Path) -> list[Check]:
-    """`video.onnx` / `text.onnx` with a dynamic batch axis, each run in onnxruntime on the held-out batch."""
-    import onnxruntime as ort
-
-    checks = []
-    for kind in _encoders(fused):
-        x = inputs[kind].cpu()
-        path = folder / f"{kind}.onnx"
-        with warnings.catch_warnings():
-            # The traced graph is specialised to this clip length and token context (the tracer warns about
-            # those Python branches); only the batch axis is dynamic, and it is checked below.
-            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-            warnings.filterwarnings("ignore", category=DeprecationWarning)
-            warnings.filterwarnings("ignore", message="Exporting aten::index operator")
-            torch.onnx.export(
-                _Encoder(fused, kind).eval(), (x,), str(path), input_names=[kind], output_names=["embedding"],
-                dynamic_axes={kind: {0: "batch"}, "embedding": {0: "batch"}}, opset_version=ONNX_OPSET, dynamo=False,
-            )
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        # the held-out batch, and a batch of another size: the batch axis must really be dynamic
-        for name, batch in ((f"onnx/{kind}", x), (f"onnx/{kind}/batch{x.shape[0] + 1}", torch.cat([x, x[:1]]))):
-            with torch.no_grad():
-                expected = _Encoder(fused, kind)(batch)
-            got = torch.from_numpy(session.run(None, {kind: batch.numpy()})[0])
-            check = Check.of(name, compare_outputs(expected, got))
-            if check.max_abs_diff > ONNX_MAX_ABS_DIFF:
-                raise ExportError(f"{path.name}: onnxruntime differs from PyTorch by {check.max_abs_diff:.3g} (limit {ONNX_MAX_ABS_DIFF:g}) on {name}")
-            checks.append(check)
-    return checks
-
-
-# -- the folder ----------------------------------------------------------------------------------
 def fused_config(model_config: Mapping[str, Any], base_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """The model config that rebuilds the fused model directly; relative `.py` imports made absolute."""
     return {**portable_config(model_config, base_dir), "inference_mode": True}
@@ -266,7 +77,7 @@ def load_export(folder: str | os.PathLike[str]) -> VideoTextModel:
     folder = Path(folder)
     for name in ("model.yaml", "model.safetensors"):
         if not (folder / name).is_file():
-            raise FileNotFoundError(f"{folder}: not an mvclip export (missing {name}); make one with `python -m mvclip export --ckpt ...`")
+            raise FileNotFoundError(f"{folder}: not an mvclip export (missing {name}); make one with `python -m mvclip export --ckpt_path ...`")
     model = build_model(folder / "model.yaml", path=f"{folder / 'model.yaml'}")
     model.load_state_dict(load_safetensors(folder / "model.safetensors"), strict=True)
     return model.eval().requires_grad_(False)
@@ -313,7 +124,7 @@ def export_model(
         (tmp / "preprocess.json").write_text(json.dumps(dict(preprocess or {}), indent=2) + "\n")
         rebuilt = load_export(tmp)
         with torch.no_grad():
-            for name, encode in _encoders(fused).items():
+            for name, encode in encoders(fused).items():
                 report = compare_outputs(encode(fused, inputs[name]), encode(rebuilt, inputs[name]))
                 check = Check.of(f"reloaded/{name}", report)
                 if not check.ok:

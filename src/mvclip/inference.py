@@ -61,7 +61,7 @@ class ExportedModel:
                 if path.is_file():
                     self.sessions[kind] = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
             if "video" not in self.sessions:
-                raise FileNotFoundError(f"{self.folder}: no video.onnx (export without --no-onnx to use backend='onnx')")
+                raise FileNotFoundError(f"{self.folder}: no video.onnx (export without --no_onnx to use backend='onnx')")
         p = self.preprocess
         mean, std = p.get("mean"), p.get("std")
         self.decoder = SampleDecoder(

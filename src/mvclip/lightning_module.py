@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from omegaconf import OmegaConf
 
-from mvclip.builder import apply_overrides, build_model, load_config
+from mvclip.builder import DEFAULT_MODEL_CONFIG, apply_overrides, build_model, load_config
 from mvclip.checkpoints import LoadReport, load_weights
 from mvclip.contracts import no_decay_names
 from mvclip.errors import ConfigError
@@ -49,21 +49,30 @@ class VideoTextModule(L.LightningModule):
     """Video-text contrastive training of a model composed in YAML, with retrieval and zero-shot evaluation.
 
     Args:
-        model: a model YAML path (see `recipes/models/`) or its mapping.
+        model: the model to train: a model YAML path, a preset name of `recipes/models/` (`mobileviclip_tiny`) or the
+            YAML's mapping.
         overrides: dotted-key edits of the model config (`{video.stages.3.block: attention}`), for sweeps.
         freeze: parameter patterns not to train (`[text]` is MobileViCLIP's default).
         trainable: if given, the only parameter patterns to train (e.g. `[temporal]`).
-        lr, weight_decay, betas, eps: AdamW; no decay on norms, biases and what blocks declare (`no_decay_state`:
-            layer scales, TPE, positional tables; the logit scale).
-        warmup_steps, min_lr_ratio: linear warmup then cosine decay over the run's optimizer steps.
-        logit_scale: initial log scale (default: the model config's, ln(1/0.07)); `learn_logit_scale: false` holds it fixed.
+        lr: AdamW's peak learning rate.
+        weight_decay: AdamW's weight decay; none on norms, biases and what blocks declare (`no_decay_state`: layer
+            scales, TPE, positional tables; the logit scale).
+        betas: AdamW's betas.
+        eps: AdamW's epsilon.
+        warmup_steps: steps of linear warmup, then cosine decay over the run's optimizer steps.
+        min_lr_ratio: where the cosine decay ends, as a fraction of `lr`.
+        logit_scale: initial log scale (default: the model config's, ln(1/0.07)).
+        learn_logit_scale: train the logit scale; false holds it fixed.
         max_logit_scale: the learned scale is clamped to at most this (as a scale, 100 by default) after every step.
         pretrained: image-text weights to start from (Apple's mobileclip_s0.pt / s2.pt, timm fastvit_mci*, open_clip
             MobileCLIP, or mvclip names; see docs/weights.md): spatial weights, text tower and logit scale are loaded,
             temporal additions start as the identity. The load report is printed.
-        init_from: an mvclip checkpoint to start from (fine-tuning), loaded after `pretrained`; `init_strict` applies
-            to both; `pretrained_lr_mult` scales the learning rate of parameters that came from either file
-            relative to new ones. An explicit `logit_scale` wins over the files' value.
+        init_from: an mvclip checkpoint to start from (fine-tuning), loaded after `pretrained`. An explicit
+            `logit_scale` wins over the files' value.
+        init_strict: every tensor of `pretrained` and `init_from` must land in the model and every model tensor their
+            layout carries must be in them (false: load what fits).
+        pretrained_lr_mult: learning-rate multiplier for parameters that came from `pretrained` or `init_from`,
+            relative to new ones.
         temporal_lr_mult: learning-rate multiplier for the parameters blocks declare as temporal (`temporal_state`:
             temporal convs, TPE, side networks), on top of `pretrained_lr_mult` where that applies.
         lr_mult: learning-rate multipliers by parameter-name prefix (`{text: 0.1}`), the longest matching prefix
@@ -79,7 +88,7 @@ class VideoTextModule(L.LightningModule):
 
     def __init__(
         self,
-        model: str | dict[str, Any] = "recipes/models/tiny_cpu.yaml",
+        model: str | dict[str, Any] = DEFAULT_MODEL_CONFIG,
         overrides: dict[str, Any] | None = None,
         freeze: list[str] | None = None,
         trainable: list[str] | None = None,

@@ -23,11 +23,10 @@ from typing import Any, Callable, TypeVar
 
 from torch import nn
 
-from mvclip.contracts import BlockTraits, block_traits
+from mvclip.contracts import BLOCK_KINDS, BlockTraits, block_traits
 from mvclip.errors import ConfigError, RegistryError
 
 ENTRY_POINT_GROUP = "mvclip.blocks"
-BLOCK_KINDS = ("video", "text", "side")
 LIST_COMMAND = "python -m mvclip blocks"
 
 T = TypeVar("T", bound=type)
@@ -48,7 +47,7 @@ class PluginFailure:
 @dataclass(frozen=True)
 class BlockEntry:
     """One registered block. `kind` says what input it takes: video `(N, C, H, W)` + frames, text `(B, L, C)`,
-    or side `(B*T, N, C)` + frames + global token."""
+    side `(B*T, N, C)` + frames + global token, or one of a side network's other parts (`mvclip.contracts`)."""
 
     name: str
     cls: type[nn.Module]
@@ -308,6 +307,7 @@ def register_block(name: str, *, kind: str = "video", override: bool = False) ->
     `kind="text"` blocks take `forward(x)` with x of shape `(B, L, C)`;
     `kind="side"` blocks (side networks) take `forward(x, frames, token)` with x of shape `(B*T, N, C)` and the
     backbone's global token `(B*T, C)` or None.
+    `kind="side_stem"`, `"side_fusion"` and `"side_head"` are a side network's other parts (`mvclip.contracts`).
     """
 
     def decorate(cls: T) -> T:

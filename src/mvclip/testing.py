@@ -92,33 +92,61 @@ class FusionCheck:
     idempotent: bool
 
 
+class ExampleBackboneHead(nn.Module):
+    """The part of a backbone head a side head reads (`norm`, `proj`; `mvclip.contracts.FeatureHead`), for examples."""
+
+    def __init__(self, feature_dim: int, embed_dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(feature_dim)
+        self.proj = nn.Parameter(torch.randn(feature_dim, embed_dim) * feature_dim**-0.5)
+
+    def features(self, x: torch.Tensor, frames: int = 1) -> torch.Tensor:
+        return x
+
+
 def example_block(entry: BlockEntry, dim: int = 32, **overrides) -> nn.Module:
-    """Build a block with small example widths (`dim`, and `out_dim` when it is required), plus `overrides`."""
+    """Build a block with small example widths (`dim`, and `out_dim` when it is required), plus `overrides`; a side
+    network's parts also get what their builder would hand them (`in_dim`, `backbone_head`, `num_classes`)."""
     accepted = {p.name: p for p in entry.parameters()}
     kwargs = dict(overrides)
     if "dim" in accepted:
         kwargs["dim"] = dim
     if "out_dim" in accepted and accepted["out_dim"].default is accepted["out_dim"].empty:
         kwargs["out_dim"] = 2 * dim  # a multiple of dim, so grouped (depthwise-style) blocks accept it
+    side_context = {"in_dim": 2 * dim, "backbone_head": ExampleBackboneHead(2 * dim, dim), "num_classes": 5}
+    kwargs.update({k: v for k, v in side_context.items() if k in accepted and k not in kwargs})
     return REGISTRY.instantiate(entry, kwargs, path=f"example {entry.name}")
 
 
 def example_input(entry: BlockEntry, dim: int, frames: int, batch: int = 2, size: int = 16, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """Random inputs in the layout the block's kind takes: text `(B, L, C)`; side `(B*T, N, C)` plus a global
-    token `(B*T, C)`; video `(B*T, C, H, W)`, or `(B*T, 1 + N, C)` for blocks with `input_layout = "tokens"`."""
+    """Random inputs in the layout the block's kind takes (`mvclip.contracts`): text `(B, L, C)`; side `(B*T, N, C)`
+    plus a global token `(B*T, C)`; video `(B*T, C, H, W)`, or `(B*T, 1 + N, C)` for blocks with
+    `input_layout = "tokens"`; a side stem RGB frames `(B*T, 3, 2*size, 2*size)`; a side fusion backbone tokens
+    `(B*T, N, 2*dim)`; a side head side tokens and a backbone feature `(B*T, 2*dim)`."""
     gen = torch.Generator().manual_seed(seed)
     if entry.kind == "text":
         return (torch.randn(batch, 12, dim, generator=gen),)
     if entry.kind == "side":
         return torch.randn(batch * frames, size, dim, generator=gen), torch.randn(batch * frames, dim, generator=gen)
+    if entry.kind == "side_stem":
+        return (torch.rand(batch * frames, 3, 2 * size, 2 * size, generator=gen),)
+    if entry.kind == "side_fusion":
+        return (torch.randn(batch * frames, size, 2 * dim, generator=gen),)
+    if entry.kind == "side_head":
+        return torch.randn(batch * frames, size, dim, generator=gen), torch.randn(batch * frames, 2 * dim, generator=gen)
     if entry.traits.input_layout == "tokens":
         return (torch.randn(batch * frames, 1 + size, dim, generator=gen),)
     return (torch.randn(batch * frames, dim, size, size, generator=gen),)
 
 
 def _call(entry: BlockEntry, block: nn.Module, inputs: tuple[torch.Tensor, ...], frames: int) -> torch.Tensor:
-    if entry.kind == "text":
+    """Call a block as its kind is called; a side stem's output is compared by its tokens."""
+    if entry.kind in ("text", "side_fusion"):
         return block(*inputs)
+    if entry.kind == "side_stem":
+        return block(*inputs, frames)[0]
+    if entry.kind == "side_head":
+        return block(*inputs, frames)
     x, *extra = inputs
     return block(x, frames, *extra)
 

@@ -14,10 +14,12 @@ import webdataset as wds
 
 from mvclip.commands import shards as shards_cli
 from mvclip.datamodules import shard_writer
-from mvclip.datamodules.annotations import AnnotationError, detect_format, read_annotations
+from mvclip.datamodules.annotations import (
+    FORMATS, AnnotationError, AnnotationFormat, detect_format, read_annotations, register_annotation_format,
+)
 from mvclip.datamodules.probe import probe_video
 from mvclip.datamodules.shard_format import (
-    MANIFEST_NAME, PROGRESS_NAME, VIDEO_EXTENSIONS, read_manifest, video_member,
+    MANIFEST_NAME, PROGRESS_NAME, VIDEO_EXTENSIONS, read_manifest, safe_key, video_member,
 )
 from mvclip.datamodules.shard_writer import ClipSource, write_shards
 
@@ -212,7 +214,7 @@ def test_msrvtt_groups_captions(real_copy: Path, tmp_path: Path) -> None:
     assert detect_format(path) == "msrvtt"
     out = tmp_path / "msr"
     assert shards_cli.main(["--videos", str(real_copy), "--annotations", str(path),
-                            "--out", str(out), "--no-progress"]) == 0
+                            "--out", str(out), "--no_progress"]) == 0
     manifest = check_consistent(out)
     samples = all_samples(out)
     assert sorted(samples) == ["video0", "video1"]
@@ -289,7 +291,55 @@ def test_format_detection_and_errors(tmp_path: Path) -> None:
     with pytest.raises(AnnotationError, match="missing key"):
         read_annotations(bad, tmp_path, format="webvid")
     assert shards_cli.main(["--videos", str(tmp_path), "--annotations", str(bad),
-                            "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+                            "--out", str(tmp_path / "o"), "--no_progress"]) == 2
+
+
+def test_unrecognized_file_names_every_format_as_before(tmp_path: Path) -> None:
+    bad = tmp_path / "mystery.csv"
+    bad.write_text("foo,bar\n1,2\n")
+    with pytest.raises(AnnotationError) as caught:
+        detect_format(bad)
+    assert str(caught.value) == (
+        f"{bad}: unrecognized annotation file; expected msrvtt (JSON with 'videos' and 'sentences'), webvid (CSV with "
+        "columns videoid,name,...), internvid (JSONL with YoutubeID, Start_timestamp, End_timestamp, Caption), or csv "
+        "(CSV/JSONL with path and caption)")
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
+    with pytest.raises(AnnotationError, match=r"broken.json: not valid JSON \(.*\); expected msrvtt .* or csv "):
+        detect_format(broken)
+    with pytest.raises(AnnotationError, match=r"unknown annotation format 'nope'; expected one of \('msrvtt', 'webvid', "
+                                              r"'internvid', 'csv'\)"):
+        read_annotations(bad, tmp_path, format="nope")
+
+
+@pytest.fixture
+def pipe_format():
+    """A third-party format registered for one test: `.pipe` files of `video|caption` lines."""
+    def read(path: Path, videos_dir: Path, encoding: str = "utf-8") -> list[ClipSource]:
+        rows = [line.split("|", 1) for line in path.read_text(encoding=encoding).splitlines() if line.strip()]
+        return [ClipSource(key=safe_key(video), path=videos_dir / video, captions=[caption]) for video, caption in rows]
+
+    fmt = register_annotation_format(AnnotationFormat(
+        "pipe", "lines of video|caption", detect=lambda file: file.suffix == ".pipe", read=read))
+    try:
+        yield fmt
+    finally:
+        del FORMATS["pipe"]
+
+
+def test_a_registered_format_is_detected_read_and_offered_by_the_command(pipe_format, clip_set, tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    annotations = tmp_path / "captions.pipe"
+    annotations.write_text("h264.mp4|a red square\nvp9.webm|a blue circle\n")
+    assert detect_format(annotations) == "pipe"
+    clips = read_annotations(annotations, clip_set.folder)
+    assert [(c.path.name, c.captions) for c in clips] == [("h264.mp4", ["a red square"]), ("vp9.webm", ["a blue circle"])]
+    with pytest.raises(ValueError, match="'pipe' exists already"):
+        register_annotation_format(pipe_format)
+    assert shards_cli.main(["--videos", str(clip_set.folder), "--annotations", str(annotations), "--format", "pipe",
+                            "--out", str(tmp_path / "out"), "--no_progress"]) == 0
+    assert read_manifest(tmp_path / "out")["total_samples"] == 2
+    assert "unrecognized" not in capsys.readouterr().err
 
 
 def test_cli_summary_counts_skips_by_reason(clip_set, tmp_path: Path,
@@ -299,7 +349,7 @@ def test_cli_summary_counts_skips_by_reason(clip_set, tmp_path: Path,
     ann = write_plain_csv(tmp_path / "c.csv", rows)
     out = tmp_path / "cli"
     assert shards_cli.main(["--videos", str(clip_set.folder), "--annotations", str(ann),
-                            "--out", str(out), "--no-progress", "--reencode-short-side", "32",
+                            "--out", str(out), "--no_progress", "--reencode_short_side", "32",
                             "--workers", "2"]) == 0
     line = capsys.readouterr().out
     assert "wrote 2 samples in 1 shard(s)" in line

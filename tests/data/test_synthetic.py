@@ -227,7 +227,7 @@ def test_cli_synthetic(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
 
     out = tmp_path / "syn"
     assert shards_cli.main(["--synthetic", "6", "--out", str(out), "--seed", "5", "--frames", "8",
-                            "--size", "48", "--no-progress", "--workers", "1"]) == 0
+                            "--size", "48", "--no_progress", "--workers", "1"]) == 0
     info = json.loads((out / "dataset.json").read_text())
     assert info["counts"] == {"train": 6, "val": 32, "test": 32} and info["seed"] == 5
     assert "6 train, 32 val, 32 test clips" in capsys.readouterr().out

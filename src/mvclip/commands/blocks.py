@@ -1,14 +1,13 @@
 """`python -m mvclip blocks`: every registered block with origin, doc, parameters and reparameterizability."""
 from __future__ import annotations
 
-import argparse
-
 from mvclip.builder import load_config
+from mvclip.commands.options import CommandParser
 from mvclip.registry import REGISTRY
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mvclip blocks", description=__doc__)
+    parser = CommandParser("blocks", description=__doc__)
     parser.add_argument("--config", help="also load the `imports:` of this model YAML first")
     parser.add_argument("names", nargs="*", help="only these blocks")
     args = parser.parse_args(argv)

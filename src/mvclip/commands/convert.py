@@ -1,4 +1,4 @@
-"""`python -m mvclip convert --from mobileclip --ckpt PATH --out DIR`: MobileCLIP weights -> an mvclip checkpoint and
+"""`python -m mvclip convert --from mobileclip --ckpt_path PATH --out DIR`: MobileCLIP weights -> an mvclip checkpoint and
 a fused, verified export.
 
 The file's layout (Apple, timm fastvit_mci*, open_clip) is detected from its keys. By default the model is
@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from mvclip.commands.options import CommandParser
+
 if TYPE_CHECKING:
     from mvclip.lightning_module import VideoTextModule
 
@@ -24,15 +26,15 @@ SOURCES = {"mobileclip": ("apple_mobileclip", "timm_fastvit", "open_clip")}
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mvclip convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandParser("convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--from", dest="source", required=True, choices=sorted(SOURCES), help="the model family of the checkpoint")
-    parser.add_argument("--ckpt", required=True, help="the published weights (.pt/.pth/.bin state dict or .safetensors)")
+    parser.add_argument("--ckpt_path", "--ckpt", required=True, help="the published weights (.pt/.pth/.bin state dict or .safetensors)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--model", default=None, help="model YAML to load into (default: the frame-mean model the file holds)")
     parser.add_argument("--frames", type=int, default=8, help="clip length the export is verified and timed at")
     parser.add_argument("--resolution", type=int, default=256, help="frame size (MobileCLIP: 256)")
-    parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX graphs")
-    parser.add_argument("--latency-repeats", type=int, default=10, help="timed runs per model for the latency median")
+    parser.add_argument("--no_onnx", action="store_true", help="skip the ONNX graphs")
+    parser.add_argument("--latency_repeats", type=int, default=10, help="timed runs per model for the latency median")
     args = parser.parse_args(argv)
 
     from mvclip.checkpoints import read_state_dict
@@ -48,13 +50,13 @@ def main(argv: list[str]) -> int:
               "(choose another --out)", file=sys.stderr)
         return 2
     try:
-        state = read_state_dict(args.ckpt)
-        fmt = detect_format(list(state), args.ckpt)
+        state = read_state_dict(args.ckpt_path)
+        fmt = detect_format(list(state), args.ckpt_path)
         if fmt.name not in SOURCES[args.source]:
-            raise ConfigError(f"{args.ckpt}: {fmt.name} layout, not a {args.source} checkpoint ({', '.join(SOURCES[args.source])})")
-        model_cfg = args.model or frame_mean_config(state, fmt, args.ckpt, frames=args.frames)
+            raise ConfigError(f"{args.ckpt_path}: {fmt.name} layout, not a {args.source} checkpoint ({', '.join(SOURCES[args.source])})")
+        model_cfg = args.model or frame_mean_config(state, fmt, args.ckpt_path, frames=args.frames)
         module = VideoTextModule(model=model_cfg)
-        report = load_pretrained(module.model, state, format=fmt.name, source=args.ckpt)
+        report = load_pretrained(module.model, state, format=fmt.name, source=args.ckpt_path)
     except ConfigError as error:
         print(f"mvclip convert: {error}", file=sys.stderr)
         return 2
@@ -63,7 +65,7 @@ def main(argv: list[str]) -> int:
         print("note: the file has no text tower (timm's fastvit_mci* are image towers); the model embeds videos only")
 
     out = Path(args.out)
-    write_checkpoint(module, ckpt_path, source=args.ckpt, format_name=fmt.name, frames=args.frames, resolution=args.resolution)
+    write_checkpoint(module, ckpt_path, source=args.ckpt_path, format_name=fmt.name, frames=args.frames, resolution=args.resolution)
     try:
         export_dir, metrics = export_checkpoint(
             module, ckpt_path, random_inputs(args.frames, args.resolution), out_dir=out / "export", kind="converted",

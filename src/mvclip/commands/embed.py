@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from mvclip.atomic import atomic_write
+from mvclip.commands.options import CommandParser
 
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mkv", ".avi", ".mov"}
 
@@ -27,11 +28,11 @@ def _videos(items: list[str]) -> list[Path]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mvclip embed", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandParser("embed", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--export", required=True, help="an export folder (`python -m mvclip export`, or `<ckpt>.export` after fit)")
     parser.add_argument("--video", nargs="*", default=[], help="video files or folders of videos")
     parser.add_argument("--text", nargs="*", default=[], help="captions")
-    parser.add_argument("--text-file", default=None, help="a file with one caption per line")
+    parser.add_argument("--text_file", default=None, help="a file with one caption per line")
     parser.add_argument("--backend", choices=("torch", "onnx"), default="torch")
     parser.add_argument("--out", default="embeddings.npz", help="where to write the embeddings (default embeddings.npz)")
     args = parser.parse_args(argv)

@@ -1,4 +1,4 @@
-"""`python -m mvclip export --ckpt PATH [--out DIR]`: a checkpoint -> a fused, verified, deployable folder.
+"""`python -m mvclip export --ckpt_path PATH [--out DIR]`: a checkpoint -> a fused, verified, deployable folder.
 
 The same export the `FuseExport` callback writes at the end of fit (see `mvclip.export`), for any
 checkpoint. It is verified on a seeded random batch at the checkpoint's input size (checkpoints
@@ -12,28 +12,29 @@ import argparse
 import json
 import sys
 
+from mvclip.commands.options import CommandParser
 from mvclip.errors import ConfigError, RegistryError
 from mvclip.export import ExportError, export_checkpoint, export_dir_for, random_inputs, read_checkpoint
 from mvclip.export_folder import ExportTargetError, check_export_target
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mvclip export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ckpt", required=True, help="a checkpoint written by `python -m mvclip fit`")
+    parser = CommandParser("export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt_path", "--ckpt", required=True, help="a checkpoint written by `python -m mvclip fit`")
     parser.add_argument("--out", default=None, help="export folder: new, empty, or an earlier export (default: <checkpoint>.export beside it)")
     parser.add_argument("--frames", type=int, default=None, help="clip length to verify and time at (default: the checkpoint's)")
     parser.add_argument("--resolution", type=int, default=None, help="frame size to verify and time at (default: the checkpoint's, else 256)")
-    parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX graphs")
-    parser.add_argument("--latency-repeats", type=int, default=10, help="timed runs per model for the latency median")
+    parser.add_argument("--no_onnx", action="store_true", help="skip the ONNX graphs")
+    parser.add_argument("--latency_repeats", type=int, default=10, help="timed runs per model for the latency median")
     args = parser.parse_args(argv)
 
     from mvclip.resume import module_from_checkpoint
 
-    out_dir = args.out or export_dir_for(args.ckpt)
+    out_dir = args.out or export_dir_for(args.ckpt_path)
     try:
-        check_export_target(out_dir, [args.ckpt])  # refuse before spending minutes on verification
-        ckpt = read_checkpoint(args.ckpt)
-        module = module_from_checkpoint(ckpt, args.ckpt, warn=lambda line: print(f"mvclip export: warning: {line}", file=sys.stderr))
+        check_export_target(out_dir, [args.ckpt_path])  # refuse before spending minutes on verification
+        ckpt = read_checkpoint(args.ckpt_path)
+        module = module_from_checkpoint(ckpt, args.ckpt_path, warn=lambda line: print(f"mvclip export: warning: {line}", file=sys.stderr))
     except (FileNotFoundError, ValueError, RegistryError) as error:
         print(f"mvclip export: {error}", file=sys.stderr)
         return 2
@@ -42,11 +43,11 @@ def main(argv: list[str]) -> int:
     resolution = args.resolution or preprocess.get("resolution") or 256
     try:
         out, metrics = export_checkpoint(
-            module, args.ckpt, random_inputs(frames, resolution), out_dir=out_dir,
+            module, args.ckpt_path, random_inputs(frames, resolution), out_dir=out_dir,
             onnx=not args.no_onnx, latency_repeats=args.latency_repeats,
         )
     except ExportError as error:
-        print(f"mvclip export: {args.ckpt}: {error}; nothing was written", file=sys.stderr)
+        print(f"mvclip export: {args.ckpt_path}: {error}; nothing was written", file=sys.stderr)
         return 1
     except (ExportTargetError, ConfigError) as error:
         print(f"mvclip export: {error}", file=sys.stderr)

@@ -11,44 +11,45 @@ import sys
 import time
 from pathlib import Path
 
+from mvclip.commands.options import CommandParser
 from mvclip.datamodules.annotations import FORMATS, AnnotationError, detect_format, read_annotations
 from mvclip.datamodules.shard_writer import DEFAULT_SAMPLES_PER_SHARD, summary_line, write_shards
 from mvclip.datamodules.text_encoding import DEFAULT_ENCODING
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m mvclip shards",
+    p = CommandParser(
+        "shards",
         description="Build WebDataset shards (tar + manifest.json) from videos with captions, "
                     "or generate the synthetic temporal dataset. See docs/data.md.")
     src = p.add_argument_group("real videos")
     src.add_argument("--videos", type=Path, help="folder holding the video files")
     src.add_argument("--annotations", type=Path, help="caption file (JSON, CSV or JSONL)")
-    src.add_argument("--format", choices=FORMATS,
+    src.add_argument("--format", choices=list(FORMATS),
                      help="annotation format (default: detected from the file)")
     src.add_argument("--encoding", default=DEFAULT_ENCODING,
                      help="text encoding of the annotation file (default: UTF-8, with or without a BOM; "
                           "e.g. latin-1, cp1252)")
     p.add_argument("--out", type=Path, required=True, help="output folder for the shards")
     p.add_argument("--prefix", default="shard", help="shard names: PREFIX-000000.tar, ...")
-    p.add_argument("--samples-per-shard", type=int, default=DEFAULT_SAMPLES_PER_SHARD,
+    p.add_argument("--samples_per_shard", type=int, default=DEFAULT_SAMPLES_PER_SHARD,
                    help=f"samples per shard (default {DEFAULT_SAMPLES_PER_SHARD})")
-    p.add_argument("--max-shard-bytes", type=int, default=None,
+    p.add_argument("--max_shard_bytes", type=int, default=None,
                    help="also start a new shard before one would grow past this size")
     p.add_argument("--workers", type=int, default=0,
                    help="processes probing/re-encoding in parallel (0: in this process)")
-    p.add_argument("--reencode-short-side", type=int, default=None, metavar="PX",
+    p.add_argument("--reencode_short_side", type=int, default=None, metavar="PX",
                    help="re-encode to H.264 with this short side (default: store the original "
                         "bytes untouched; trimmed clips are always re-encoded)")
-    p.add_argument("--keyframe-interval", type=int, default=None, metavar="N",
+    p.add_argument("--keyframe_interval", type=int, default=None, metavar="N",
                    help="GOP length of re-encoded clips (default 8); implies re-encoding")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
     syn = p.add_argument_group("synthetic dataset")
     syn.add_argument("--synthetic", type=int, default=None, metavar="N",
                      help="generate the synthetic set with N training clips into --out")
     syn.add_argument("--seed", type=int, default=0)
-    syn.add_argument("--num-val", type=int, default=None, help="default: max(32, N/8)")
-    syn.add_argument("--num-test", type=int, default=None, help="default: max(32, N/8)")
+    syn.add_argument("--num_val", type=int, default=None, help="default: max(32, N/8)")
+    syn.add_argument("--num_test", type=int, default=None, help="default: max(32, N/8)")
     syn.add_argument("--frames", type=int, default=None, help="frames per synthetic clip")
     syn.add_argument("--size", type=int, default=None, help="side of synthetic frames in pixels")
     return p

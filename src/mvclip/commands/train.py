@@ -1,9 +1,10 @@
 """`python -m mvclip fit|validate|test|predict --config RECIPE.yaml`: LightningCLI over VideoTextModule and the data module.
 
 OmegaConf mode is on (interpolation in recipes), dotted overrides work (`--model.freeze=[text]`,
-`--data.frames=16`), and `--print_config` shows the resolved recipe. With `--ckpt_path` (a file or `last`) the
-checkpoint's model is rebuilt from the config stored in it and its settings are checked against the command line's
-(`mvclip.resume`). Configuration errors end the command with one line naming the key, and exit code 2.
+`--data.frames=16`), and `--print_config` shows the resolved recipe. Options are snake_case, as in every mvclip
+command; kebab-case spellings (`--ckpt-path`) and `--ckpt` for `--ckpt_path` are accepted too. With `--ckpt_path` (a
+file or `last`) the checkpoint's model is rebuilt from the config stored in it and its settings are checked against the
+command line's (`mvclip.resume`). Configuration errors end the command with one line naming the key, and exit code 2.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.trainer.states import TrainerFn
 
 from mvclip.callbacks import EmbeddingWriter
+from mvclip.commands.options import program, snake_case_options
 from mvclip.datamodules.datamodule import VideoTextDataModule
 from mvclip.errors import USER_ERRORS, CheckpointError
 from mvclip.lightning_module import VideoTextModule
@@ -150,13 +152,14 @@ def _spec(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    # LightningCLI reads sys.argv itself; `python -m mvclip fit ...` already has the right argv.
+    # LightningCLI reads sys.argv itself; `--ckpt-path`/`--ckpt` and other kebab-case spellings become its snake_case
+    argv = snake_case_options(argv)
     sys.argv = [sys.argv[0], *argv]
     try:
         MVClipCLI(
             VideoTextModule,
             VideoTextDataModule,
-            parser_kwargs={"parser_mode": "omegaconf"},
+            parser_kwargs={"parser_mode": "omegaconf", "prog": program()},
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
         )

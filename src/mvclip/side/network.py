@@ -1,4 +1,8 @@
-"""The side stream: its own patch embedding of the pixels, fusion of backbone features, side blocks."""
+"""The side stream's wiring: its stem, then at each fusion point a backbone feature mixed in and side blocks.
+
+The parts are registered blocks the model YAML names (`side_stem`, `side_fusion`, `side_block`, in `mvclip.blocks`);
+this module only connects them, so another stem, fusion or side block is a YAML change.
+"""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -9,8 +13,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from mvclip.layers.reparam import ConvNorm, conv_like, conv_norm, detach_parameters
-from mvclip.layers.resample import resample_grid, token_grid
+from mvclip.layers.resample import token_grid
 
 FUSION_LAYERS = ("all", "interval", "top")  # Side4Video's three choices of fused backbone layers
 FUSION_POINTS = ("blocks", "stages")  # a plain backbone fuses block outputs; a hierarchical one, stage outputs
@@ -26,34 +29,6 @@ def fusion_indices(points: int, layers: str = "all", every: int = 2) -> list[int
     if layers == "top":
         return list(range(points // 2, points))
     raise ValueError(f"fusion layers must be one of {FUSION_LAYERS}, got {layers!r}")
-
-
-class SideStem(nn.Module):
-    """The side stream's own input: a 3 x p x p conv over the clip (stride p in space, 1 in time) + BatchNorm,
-    then a learned spatial position table for a `grid` x `grid` patch grid (resampled to other grids)."""
-
-    no_decay_state: ClassVar[tuple[str, ...]] = ("positional_embedding",)
-
-    def __init__(self, width: int, patch_size: int = 16, grid: int = 14, in_channels: int = 3, inference_mode: bool = False) -> None:
-        super().__init__()
-        self.patch_size, self.grid = patch_size, grid
-        self.conv: nn.Module = conv_norm(
-            in_channels, width, (3, patch_size, patch_size), stride=(1, patch_size, patch_size), padding=(1, 0, 0),
-            ndim=3, inference_mode=inference_mode,
-        )
-        self.positional_embedding = nn.Parameter(torch.randn(grid * grid, width) * 0.01)
-
-    def forward(self, frames_nchw: torch.Tensor, frames: int) -> tuple[torch.Tensor, tuple[int, int]]:
-        """(B*T, 3, H, W) -> side tokens (B*T, h*w, width) and the grid (h, w)."""
-        clip = self.conv(rearrange(frames_nchw, "(b t) c h w -> b c t h w", t=frames))
-        height, width = (int(size) for size in clip.shape[-2:])  # constants when traced: the grid is fixed per export
-        tokens = rearrange(clip, "b c t h w -> (b t) (h w) c")
-        return tokens + resample_grid(self.positional_embedding, self.grid, (height, width)).to(tokens.dtype), (height, width)
-
-    def reparameterize(self) -> None:
-        if isinstance(self.conv, ConvNorm):
-            self.conv = conv_like(self.conv.conv, *self.conv.fused_kernel_bias())
-        detach_parameters(self)
 
 
 def split_feature(feature: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,30 +55,13 @@ def split_feature(feature: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.T
     return maps.flatten(2).transpose(1, 2), token
 
 
-class FusionLayer(nn.Module):
-    """`Down(Norm(Z_l))`: a LayerNorm over the backbone's channels (not foldable: per-token statistics) and a
-    Linear down to the side width, shared by the patch tokens and the global token.
-
-    The LayerNorm has no affine parameters: a scale and shift before a Linear are redundant with its weight
-    and bias, and without them the LayerNorm of a (gradient-free) backbone feature is not recorded by autograd,
-    so training does not keep a normalized copy of every fused feature for the backward pass."""
-
-    def __init__(self, in_dim: int, width: int) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(in_dim, elementwise_affine=False)
-        self.down = nn.Linear(in_dim, width)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(self.norm(x))
-
-
 class SideNetwork(nn.Module):
     """Stem, then per fusion point: `s <- 0.5 s + 0.5 Down(Norm(Z_l))` and `depth` side blocks, each of which
     also sees that point's global token `Down(Norm(g_l))`."""
 
     temporal_state: ClassVar[tuple[str, ...]] = ("",)  # all new beside a pretrained backbone
 
-    def __init__(self, stem: SideStem, fusions: Sequence[FusionLayer], blocks: Sequence[Sequence[nn.Module]]) -> None:
+    def __init__(self, stem: nn.Module, fusions: Sequence[nn.Module], blocks: Sequence[Sequence[nn.Module]]) -> None:
         super().__init__()
         if len(fusions) != len(blocks):
             raise ValueError(f"{len(fusions)} fusion layers but {len(blocks)} groups of side blocks")

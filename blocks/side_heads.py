@@ -1,4 +1,10 @@
-"""Side network heads: retrieval (starts exactly at the frozen backbone's embedding) and classification."""
+"""Side network heads: retrieval (starts exactly at the frozen backbone's embedding) and classification.
+
+Registered as `side_retrieval_head` and `side_classification_head` (kind `side_head`, called as
+`head(side, feature, frames)`): `video.side.head` in a model YAML names one (`retrieval` and `classification` are
+short for them). The builder supplies `dim` (the side width), `inference_mode`, the model's `backbone_head` and the
+YAML's `num_classes` and `train_projection` shorthands.
+"""
 from __future__ import annotations
 
 import copy
@@ -9,8 +15,10 @@ from torch import nn
 
 from mvclip.layers.reparam import detach_parameters, linear_after_batchnorm
 from mvclip.layers.tokens import batchnorm_tokens
+from mvclip.registry import register_block
 
 
+@register_block("side_retrieval_head", kind="side_head")
 class SideRetrievalHead(nn.Module):
     """`v = mean_t Proj(Norm(Z_t + Up(mean_n BN(s_t))))`, Z_t the backbone head's pre-projection feature of frame t.
 
@@ -22,12 +30,13 @@ class SideRetrievalHead(nn.Module):
 
     temporal_state: ClassVar[tuple[str, ...]] = ("up", "post_norm")  # new beside pretrained weights
     derived_state: ClassVar[tuple[str, ...]] = ("norm", "proj")  # copies the load hook takes from the backbone head
+    zero_init_state: ClassVar[tuple[str, ...]] = ("up",)  # fusion checks randomize it, or the BatchNorm fold would not show
 
-    def __init__(self, width: int, backbone_head: nn.Module, train_projection: bool = False, inference_mode: bool = False) -> None:
+    def __init__(self, dim: int, backbone_head: nn.Module, train_projection: bool = False, inference_mode: bool = False) -> None:
         super().__init__()
         feature_dim, embed_dim = backbone_head.proj.shape
-        self.post_norm: nn.BatchNorm1d | None = None if inference_mode else nn.BatchNorm1d(width)
-        self.up = nn.Linear(width, feature_dim, bias=inference_mode)
+        self.post_norm: nn.BatchNorm1d | None = None if inference_mode else nn.BatchNorm1d(dim)
+        self.up = nn.Linear(dim, feature_dim, bias=inference_mode)
         nn.init.zeros_(self.up.weight)
         self.norm = copy.deepcopy(backbone_head.norm)
         self.proj = nn.Parameter(torch.empty(feature_dim, embed_dim))
@@ -55,15 +64,16 @@ class SideRetrievalHead(nn.Module):
         detach_parameters(self)
 
 
+@register_block("side_classification_head", kind="side_head")
 class SideClassificationHead(nn.Module):
     """Global average pooling of the side output over tokens and frames, then a linear classifier: (B, classes)."""
 
     temporal_state: ClassVar[tuple[str, ...]] = ("",)
 
-    def __init__(self, width: int, num_classes: int, inference_mode: bool = False) -> None:
+    def __init__(self, dim: int, num_classes: int, inference_mode: bool = False) -> None:
         super().__init__()
-        self.post_norm: nn.BatchNorm1d | None = None if inference_mode else nn.BatchNorm1d(width)
-        self.classifier = nn.Linear(width, num_classes)
+        self.post_norm: nn.BatchNorm1d | None = None if inference_mode else nn.BatchNorm1d(dim)
+        self.classifier = nn.Linear(dim, num_classes)
         nn.init.normal_(self.classifier.weight, std=0.02)
         nn.init.zeros_(self.classifier.bias)
 
