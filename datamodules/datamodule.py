@@ -12,6 +12,7 @@ from typing import Any, Callable, Literal
 from lightning.pytorch import LightningDataModule
 
 from mvclip.errors import ConfigError
+from mvclip.input_spec import InputSpec
 
 from .bad_samples import BadSampleCounter, BadSampleLogger
 from .collate import collate_eval, collate_train
@@ -35,16 +36,20 @@ class VideoTextDataModule(LightningDataModule):
         test: test shards, given as for ``train``.
         synthetic: when true (or a dict of ``ensure_synthetic_dataset`` arguments) and no paths are
             given, build the synthetic dataset in ``prepare_data`` and use its splits.
-        frames: frames per clip (T).
+        frames: frames per clip (T). This and the other input options up to ``value_range`` default to the
+            model's input description (its config's ``input`` section, ``mvclip.input_spec``), which the training
+            module hands over before the first step; a value stated here that differs from the model's is an
+            error then. Stand-alone (no model), unset options take ``InputSpec``'s defaults.
         sampling: ``segments`` | ``fps`` | ``consecutive`` (see :mod:`.sampling`).
         sampling_fps: frames per second read by ``fps`` sampling.
         stride: step between the frames ``consecutive`` sampling reads.
         resolution: output side (square crops).
         short_side: short side frames are decoded to before cropping (default: ``resolution``).
+        mean: per-channel mean subtracted (none: no normalization, as MobileCLIP's weights want).
+        std: per-channel standard deviation divided by.
+        value_range: pixel values before normalization, [0, 1] or [0, 255].
         crop_scale: area range of the training random resized crop.
         hflip: random horizontal flip in training (off: captions name directions).
-        mean: per-channel mean subtracted (default none: [0, 1] RGB).
-        std: per-channel standard deviation divided by (default none).
         batch_size: clips per training batch (per rank).
         eval_batch_size: clips per evaluation batch (per rank).
         num_workers: loader processes per rank.
@@ -69,16 +74,17 @@ class VideoTextDataModule(LightningDataModule):
         val: str | None = None,
         test: str | None = None,
         synthetic: bool | dict[str, Any] = False,
-        frames: int = 8,
-        sampling: Literal["segments", "fps", "consecutive"] = "segments",
-        sampling_fps: float = 2.0,
-        stride: int = 4,
-        resolution: int = 256,
+        frames: int | None = None,
+        sampling: Literal["segments", "fps", "consecutive"] | None = None,
+        sampling_fps: float | None = None,
+        stride: int | None = None,
+        resolution: int | None = None,
         short_side: int | None = None,
         crop_scale: tuple[float, float] = (0.5, 1.0),
         hflip: bool = False,
         mean: tuple[float, float, float] | None = None,
         std: tuple[float, float, float] | None = None,
+        value_range: tuple[float, float] | None = None,
         batch_size: int = 16,
         eval_batch_size: int | None = None,
         num_workers: int = 2,
@@ -94,10 +100,10 @@ class VideoTextDataModule(LightningDataModule):
         pin_memory: bool = False,
     ) -> None:
         super().__init__()
-        if sampling not in SAMPLING_MODES:
+        if sampling is not None and sampling not in SAMPLING_MODES:
             raise ConfigError(f"data.sampling: {sampling!r} is not one of {SAMPLING_MODES}")
         for name, value in (("frames", frames), ("resolution", resolution), ("batch_size", batch_size), ("stride", stride)):
-            if value < 1:
+            if value is not None and value < 1:
                 raise ConfigError(f"data.{name} must be >= 1, got {value}")
         if num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {num_workers}")
@@ -105,12 +111,16 @@ class VideoTextDataModule(LightningDataModule):
             raise ConfigError(f"data.max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
         self.paths: dict[str, str | None] = {"train": train, "val": val, "test": test}
         self.synthetic = synthetic
-        self.frames = frames
-        self.sampling = sampling
-        self.sampling_fps = sampling_fps
-        self.stride = stride
-        self.resolution = resolution
-        self.short_side = short_side
+        # what this data section states about the model's input (None: the model's); see `adopt_input`
+        self.stated_input: dict[str, Any] = {
+            "frames": frames, "sampling": sampling, "sampling_fps": sampling_fps, "stride": stride, "resolution": resolution,
+            "short_side": short_side, "mean": tuple(mean) if mean is not None else None,
+            "std": tuple(std) if std is not None else None, "value_range": tuple(value_range) if value_range is not None else None,
+        }
+        stated = {k: v for k, v in self.stated_input.items() if v is not None}
+        if ("mean" in stated) != ("std" in stated):
+            raise ConfigError("data.mean / data.std: give both (or neither, for no normalization)")
+        self._use_input(InputSpec.from_mapping(stated, "data"))
         self.crop_scale = tuple(crop_scale)
         self.hflip = hflip
         self.mean = tuple(mean) if mean is not None else None
@@ -129,9 +139,29 @@ class VideoTextDataModule(LightningDataModule):
         self.tokenizer = tokenizer
         self.pin_memory = pin_memory
         # validate transform options now, not in a worker
-        VideoTransform(resolution, True, self.crop_scale, hflip=hflip, mean=self.mean, std=self.std)
+        VideoTransform(self.resolution, True, self.crop_scale, hflip=hflip, mean=self.mean, std=self.std, value_range=self.value_range)
         self.shards: dict[str, list[Shard]] = {}
         self.bad_samples: dict[str, BadSampleCounter] = {s: BadSampleCounter() for s in ("train", "val", "test")}
+
+    # -- the model's input ---------------------------------------------------------------------
+    def _use_input(self, spec: InputSpec) -> None:
+        self.input_spec = spec
+        for key, value in spec.to_dict().items():
+            setattr(self, key, tuple(value) if isinstance(value, list) else value)
+
+    def adopt_input(self, spec: InputSpec, model: str = "the model") -> None:
+        """Take the model's input description; an input option this data section states differently is a
+        ConfigError naming it (called by the training module before the first step)."""
+        conflicts = spec.conflicts(self.stated_input)
+        if conflicts:
+            key, stated, models = conflicts[0]
+            more = "; ".join(f"data.{k}: {a} vs {b}" for k, a, b in conflicts[1:])
+            raise ConfigError(
+                f"data.{key}: {stated} differs from input.{key} of {model} ({models}); a model's config says how its "
+                f"clips look: drop data.{key} (it defaults to the model's) or change the model's with "
+                f"model.input: {{{key}: {stated}}}" + (f" (also {more})" if more else "")
+            )
+        self._use_input(spec)
 
     # -- where the shards are ----------------------------------------------------------------
     def _synthetic_kwargs(self) -> dict[str, Any]:
@@ -173,7 +203,8 @@ class VideoTextDataModule(LightningDataModule):
         threads = self.decode_threads or default_thread_count(self.num_workers)
         decoder = SampleDecoder(
             transform=VideoTransform(
-                self.resolution, train, self.crop_scale, hflip=self.hflip, mean=self.mean, std=self.std
+                self.resolution, train, self.crop_scale, hflip=self.hflip, mean=self.mean, std=self.std,
+                value_range=self.value_range,
             ),
             tokenizer=self.tokenizer,
             train=train,

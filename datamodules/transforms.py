@@ -80,6 +80,7 @@ class VideoTransform:
     hflip: bool = False
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
+    value_range: tuple[float, float] = (0.0, 1.0)  # pixels before normalization: [0, 1] or [0, 255]
 
     def __post_init__(self) -> None:
         lo, hi = self.crop_scale
@@ -107,6 +108,9 @@ class VideoTransform:
             top, left = (nh - s) // 2, (nw - s) // 2
             x = x[:, :, top : top + s, left : left + s]
         x = _to_float(x)
+        low, high = self.value_range
+        if (low, high) != (0.0, 1.0):
+            x = x.mul_(high - low).add_(low)
         if self.mean is not None and self.std is not None:
             mean = torch.tensor(self.mean, dtype=x.dtype).view(1, 3, 1, 1)
             std = torch.tensor(self.std, dtype=x.dtype).view(1, 3, 1, 1)

@@ -19,11 +19,13 @@ from torch import nn
 
 from mvclip.config_checks import check_kernel_sizes, finite_number, resolve_interpolations
 from mvclip.errors import ConfigError
+from mvclip.input_spec import InputSpec
 from mvclip.model import TEXT_ATTENTION_MASKS, TEXT_POOLS, Stage, TextEncoder, VideoEncoder, VideoTextModel
 from mvclip.registry import REGISTRY, BlockEntry
 from mvclip.side import FUSION_LAYERS, FUSION_POINTS, SideNetwork, SideVideoEncoder, fusion_indices
 
-MODEL_KEYS = {"imports", "embed_dim", "logit_scale", "video", "text", "name", "description", "inference_mode"}
+MODEL_KEYS = {"imports", "embed_dim", "logit_scale", "video", "text", "name", "description", "inference_mode", "input", "weights"}
+WEIGHT_KEYS = {"hub", "file", "revision", "input", "description"}
 VIDEO_KEYS = {"in_channels", "num_frames", "stem", "stages", "head", "side"}
 SIDE_KEYS = {"width", "depth", "stem", "fusion_block", "block", "fusion", "fusion_every", "fusion_points", "patch_size", "grid", "head",
              "num_classes", "train_projection"}
@@ -33,8 +35,8 @@ VIDEO_STAGE_KEYS = {"block", "depth", "dim", "downsample", "pos_embed"}
 TEXT_KEYS = {"vocab_size", "context_length", "width", "stages", "attention_mask", "pool"}
 TEXT_STAGE_KEYS = {"block", "depth"}
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-PRESETS_DIR = PROJECT_ROOT / "recipes" / "models"
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # a source checkout's root (recipes/ lives there); meaningless in a wheel
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"  # shipped in the package; recipes/models links here
 DEFAULT_MODEL_CONFIG = "recipes/models/tiny_cpu.yaml"  # what a recipe without `model.model` trains
 
 
@@ -91,6 +93,7 @@ class _ModelPlan:
     text_args: dict[str, Any] = field(default_factory=dict)
     logit_scale: float = math.log(1 / 0.07)
     inference_mode: bool = False
+    input_spec: InputSpec = field(default_factory=InputSpec)
 
 
 def load_config(config: str | Path | Mapping | DictConfig) -> tuple[DictConfig, Path | None]:
@@ -123,14 +126,35 @@ def apply_overrides(cfg: DictConfig, overrides: Mapping[str, Any] | None, *, new
     return cfg
 
 
+def apply_input(cfg: DictConfig, values: Mapping[str, Any] | None, path: str = "model.input") -> DictConfig:
+    """Change a model config's input description in place (`{resolution: 64}`): `frames` sets `video.num_frames`,
+    the rest the `input` section. Unknown keys are an error naming `path`."""
+    if not values:
+        return cfg
+    if not isinstance(values, (Mapping, DictConfig)):
+        raise ConfigError(f"{path}: expected a mapping such as {{resolution: 64}}, got {values!r}")
+    InputSpec.from_mapping({k: v for k, v in values.items() if v is not None}, path)  # names a wrong key or value
+    for key, value in values.items():
+        if key == "frames" and "video" in cfg:
+            cfg.video.num_frames = value
+            if cfg.get("input") is not None and "frames" in cfg.input:
+                cfg.input.frames = value
+        else:
+            if cfg.get("input") is None:
+                cfg.input = {}
+            cfg.input[key] = value
+    return cfg
+
+
 def list_presets() -> list[str]:
-    """Names of the model YAMLs in `recipes/models/`, which `build_model` and `--model.model` accept by name."""
+    """Names of the model YAMLs shipped in `mvclip/presets/` (also `recipes/models/`), which `build_model` and
+    `--model.model` accept by name."""
     return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
 
 
 def _find_config(path: Path) -> Path:
     """A relative path is looked up from the working directory, then from the project root (recipes/ lives there);
-    a bare name without a suffix (`mobileviclip_tiny`) is a preset of `recipes/models/`."""
+    a bare name without a suffix (`mobileviclip_tiny`) is a preset shipped in the package (`mvclip/presets/`)."""
     if path.is_file() or path.is_absolute():
         if not path.is_file():
             raise ConfigError(f"model config file not found: {path}")
@@ -175,16 +199,38 @@ def plan_model(cfg: DictConfig, *, path: str = "model", base_dir: Path | None = 
     embed_dim = _positive_int(cfg.get("embed_dim", 512), f"{path}.embed_dim")
     if "video" not in cfg:
         raise ConfigError(f"{path}: missing the `video` section (stem, stages, head)")
-    video = _plan_video(cfg.video, f"{path}.video", embed_dim, inference_mode)
+    if cfg.video.get("num_frames") is not None:
+        _positive_int(cfg.video.num_frames, f"{path}.video.num_frames")
+    input_spec = InputSpec.from_model_config(cfg, path)
+    check_weights(cfg.get("weights"), f"{path}.weights")
+    video = _plan_video(cfg.video, f"{path}.video", embed_dim, inference_mode, input_spec.frames)
     text_blocks, text_args = None, {}
     if cfg.get("text") is not None:
         text_blocks, text_args = _plan_text(cfg.text, f"{path}.text", embed_dim, inference_mode)
     logit_scale = finite_number(cfg.get("logit_scale", math.log(1 / 0.07)), f"{path}.logit_scale",
                                 "the initial log of the logit scale, e.g. 2.659 = ln(1/0.07)")
-    return _ModelPlan(*video, text_blocks=text_blocks, text_args=text_args, logit_scale=logit_scale, inference_mode=inference_mode)
+    return _ModelPlan(*video, text_blocks=text_blocks, text_args=text_args, logit_scale=logit_scale, inference_mode=inference_mode,
+                      input_spec=input_spec)
 
 
-def _plan_video(cfg: Any, path: str, embed_dim: int, inference_mode: bool = False) -> tuple[_Planned, list[_StagePlan], _Planned, int, _SidePlan | None]:
+def check_weights(weights: Any, path: str) -> None:
+    """A preset's `weights`: published files it loads by name, `{name: {hub: owner/repo, file: name.pt, revision?,
+    input?: {mean, std, ...}}}` (`input`: how those weights want their pixels, over the preset's own)."""
+    if weights is None:
+        return
+    if not isinstance(weights, (Mapping, DictConfig)):
+        raise ConfigError(f"{path}: expected a mapping of names to {{hub: owner/repo, file: weights.pt}}, got {weights!r}")
+    for name, entry in weights.items():
+        where = f"{path}.{name}"
+        _check_keys(entry, WEIGHT_KEYS, where)
+        for key in ("hub", "file"):
+            if not isinstance(entry.get(key), str) or not entry.get(key):
+                raise ConfigError(f"{where}.{key}: expected a string ({'owner/repo on the Hugging Face hub' if key == 'hub' else 'a file name in that repo'})")
+        if entry.get("input") is not None and not isinstance(entry.get("input"), (Mapping, DictConfig)):
+            raise ConfigError(f"{where}.input: expected a mapping such as {{mean: null, std: null}}, got {entry.get('input')!r}")
+
+
+def _plan_video(cfg: Any, path: str, embed_dim: int, inference_mode: bool = False, num_frames: int = 8) -> tuple[_Planned, list[_StagePlan], _Planned, int, _SidePlan | None]:
     _check_keys(cfg, VIDEO_KEYS, path)
     for key in ("stem", "stages", "head"):
         if cfg.get(key) is None:
@@ -192,7 +238,6 @@ def _plan_video(cfg: Any, path: str, embed_dim: int, inference_mode: bool = Fals
     stages = cfg.stages
     if not isinstance(stages, (list, ListConfig)) or not stages:
         raise ConfigError(f"{path}.stages: expected a non-empty list of stages")
-    num_frames = _positive_int(cfg.get("num_frames", 8), f"{path}.num_frames")
     in_channels = _positive_int(cfg.get("in_channels", 3), f"{path}.in_channels")
     first_dim = _positive_int(_get(stages[0], "dim", f"{path}.stages[0]"), f"{path}.stages[0].dim")
     mode = {"inference_mode": True} if inference_mode else {}  # context: only blocks that take it get it
@@ -367,6 +412,7 @@ def _build(plan: _ModelPlan) -> VideoTextModel:
     if plan.text_blocks is not None:
         text = TextEncoder([b.build() for b in plan.text_blocks], **plan.text_args)
     model = VideoTextModel(video, text, plan.logit_scale)
+    model.input_spec = plan.input_spec  # what its input clips must be (mvclip.input_spec): read by preprocess, export, data
     return model.eval() if plan.inference_mode else model  # like `fuse`: the inference form is for eval
 
 

@@ -56,8 +56,12 @@ def _peak_memory(device: torch.device) -> tuple[float, str]:
     return rss / (2**20 if sys.platform == "darwin" else 2**10), "cpu max RSS"
 
 
-def preprocess_of(datamodule: Any) -> dict[str, Any]:
-    """The evaluation-time input pipeline of a VideoTextDataModule, for deployers (`preprocess.json`)."""
+def preprocess_of(datamodule: Any, model: Any = None) -> dict[str, Any]:
+    """The input a model takes, for deployers (`preprocess.json`): the model's description (`mvclip.input_spec`),
+    else what the data module reads."""
+    spec = getattr(model, "input_spec", None) or getattr(datamodule, "input_spec", None)
+    if spec is not None:
+        return spec.describe()
     keys = ("frames", "sampling", "sampling_fps", "stride", "resolution", "short_side", "mean", "std")
     out = {k: getattr(datamodule, k) for k in keys if hasattr(datamodule, k)}
     for k in ("mean", "std"):
@@ -123,8 +127,7 @@ class FuseExport(Callback):
         self._saved_step = trainer.global_step
         checkpoint["mvclip_validation"] = {f"val/{k}": v for k, v in getattr(pl_module, "last_results", {}).get("val", {}).items()}
         checkpoint["mvclip_validation_step"] = self._validated_step
-        if trainer.datamodule is not None:
-            checkpoint["mvclip_preprocess"] = preprocess_of(trainer.datamodule)
+        checkpoint["mvclip_preprocess"] = preprocess_of(trainer.datamodule, pl_module.model)
 
     def _targets(self, trainer: Any) -> dict[str, str]:
         ckpt = trainer.checkpoint_callback
@@ -148,8 +151,8 @@ class FuseExport(Callback):
         }
         inputs = self.inputs
         if inputs is None:  # no validation ran: verify on a seeded random batch of the training input size
-            dm = trainer.datamodule
-            inputs = random_inputs(getattr(dm, "frames", pl_module.model.video.num_frames), getattr(dm, "resolution", 224))
+            spec = pl_module.model.input_spec
+            inputs = random_inputs(spec.frames, spec.resolution)
         for kind, path in self._targets(trainer).items():
             try:
                 out, metrics = export_checkpoint(

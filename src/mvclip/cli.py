@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("mvclip.commands.train", "evaluate on the validation split"),
     "test": ("mvclip.commands.train", "evaluate on the test split"),
     "predict": ("mvclip.commands.train", "write video and text embeddings with their keys"),
+    "models": ("mvclip.commands.models", "list the model presets: parameters, input, published weights"),
     "blocks": ("mvclip.commands.blocks", "list every registered block"),
     "summary": ("mvclip.commands.summary", "stages, output shapes, parameters and FLOPs of a model"),
     "export": ("mvclip.commands.export", "fuse a checkpoint into a verified deployable folder (safetensors, YAML, ONNX)"),
@@ -24,6 +25,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "embed": ("mvclip.commands.embed", "embed videos and texts with an exported (fused) model, no training stack"),
     "sweep": ("mvclip.commands.sweep", "run an ablation sweep and write its table, CSV and plot"),
     "shards": ("mvclip.commands.shards", "build WebDataset shards from videos or the synthetic set"),
+    "index": ("mvclip.commands.index", "embed a folder or shard set of videos into a searchable index"),
+    "search": ("mvclip.commands.search", "search an index by text (or by a video) and print the ranked videos"),
+    "serve": ("mvclip.commands.serve", "a web page over an index: text search, playable results, zero-shot labels"),
 }
 
 

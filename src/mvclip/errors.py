@@ -16,5 +16,9 @@ class CheckpointError(ConfigError):
     """A weight file cannot be used: truncated or corrupted, refused as unsafe, or not the kind expected. Names the file."""
 
 
+class MissingExtraError(ImportError):
+    """A feature needs an optional dependency that is not installed; the message names the extra to install."""
+
+
 # What a command reports as one line (the message names the file, key or config path) instead of a traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, RegistryError, FileNotFoundError)
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, RegistryError, FileNotFoundError, MissingExtraError)

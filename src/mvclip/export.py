@@ -121,7 +121,8 @@ def export_model(
     try:
         save_file(_state_for_safetensors(fused), str(tmp / "model.safetensors"))
         (tmp / "model.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
-        (tmp / "preprocess.json").write_text(json.dumps(dict(preprocess or {}), indent=2) + "\n")
+        preprocess = dict(preprocess or {}) or model.input_spec.describe()  # a checkpoint's record, else the model's own
+        (tmp / "preprocess.json").write_text(json.dumps(preprocess, indent=2) + "\n")
         rebuilt = load_export(tmp)
         with torch.no_grad():
             for name, encode in encoders(fused).items():

@@ -14,15 +14,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, NamedTuple
 
-import torch
-
 import av
+import torch
+from omegaconf import OmegaConf
 
 from mvclip.extras import installed
 from mvclip.datamodules.decode import DecodeError
-from mvclip.datamodules.pipeline import SampleDecoder
-from mvclip.datamodules.transforms import VideoTransform
 from mvclip.export import load_export
+from mvclip.input_spec import InputSpec
+from mvclip.preprocess import clip_decoder
 from mvclip.tokenizer import tokenize
 
 
@@ -62,17 +62,13 @@ class ExportedModel:
                     self.sessions[kind] = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
             if "video" not in self.sessions:
                 raise FileNotFoundError(f"{self.folder}: no video.onnx (export without --no_onnx to use backend='onnx')")
-        p = self.preprocess
-        mean, std = p.get("mean"), p.get("std")
-        self.decoder = SampleDecoder(
-            transform=VideoTransform(int(p.get("resolution", 256)), False, mean=tuple(mean) if mean else None, std=tuple(std) if std else None),
-            train=False,
-            frames=int(p.get("frames", 8)),
-            sampling=p.get("sampling", "segments"),
-            sampling_fps=float(p.get("sampling_fps", 2.0)),
-            stride=int(p.get("stride", 4)),
-            short_side=p.get("short_side"),
-        )
+        # the model's input description: preprocess.json (a checkpoint's record), else the exported model config's
+        known = {k: v for k, v in self.preprocess.items() if k not in ("resize", "pixels")}
+        if known:
+            self.input_spec = InputSpec.from_mapping(known, str(preprocess_path))
+        else:
+            self.input_spec = InputSpec.from_model_config(OmegaConf.load(self.folder / "model.yaml"), str(self.folder / "model.yaml"))
+        self.decoder = clip_decoder(self.input_spec)
 
     def load_clip(self, path: str | os.PathLike[str]) -> torch.Tensor:
         """A video file -> its (T, 3, H, W) clip, sampled and transformed as at evaluation time."""

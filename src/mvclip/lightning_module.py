@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from omegaconf import OmegaConf
 
-from mvclip.builder import DEFAULT_MODEL_CONFIG, apply_overrides, build_model, load_config
+from mvclip.builder import DEFAULT_MODEL_CONFIG, apply_input, apply_overrides, build_model, load_config
 from mvclip.checkpoints import LoadReport, load_weights
 from mvclip.contracts import no_decay_names
 from mvclip.errors import ConfigError
@@ -52,6 +52,8 @@ class VideoTextModule(L.LightningModule):
         model: the model to train: a model YAML path, a preset name of `recipes/models/` (`mobileviclip_tiny`) or the
             YAML's mapping.
         overrides: dotted-key edits of the model config (`{video.stages.3.block: attention}`), for sweeps.
+        input: changes to the model's input description (`{resolution: 64, frames: 4}`; `mvclip.input_spec`): what
+            the data module then reads, and what checkpoints and exports carry. The data section states none of it.
         freeze: parameter patterns not to train (`[text]` is MobileViCLIP's default).
         trainable: if given, the only parameter patterns to train (e.g. `[temporal]`).
         lr: AdamW's peak learning rate.
@@ -90,6 +92,7 @@ class VideoTextModule(L.LightningModule):
         self,
         model: str | dict[str, Any] = DEFAULT_MODEL_CONFIG,
         overrides: dict[str, Any] | None = None,
+        input: dict[str, Any] | None = None,
         freeze: list[str] | None = None,
         trainable: list[str] | None = None,
         lr: float = 1e-3,
@@ -114,7 +117,7 @@ class VideoTextModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         cfg, base_dir = load_config(model if isinstance(model, str) else dict(model))
-        cfg = apply_overrides(copy.deepcopy(cfg), overrides)
+        cfg = apply_input(apply_overrides(copy.deepcopy(cfg), overrides), input)
         self.model = build_model(cfg, base_dir=base_dir)
         # what an export needs to rebuild this model (with `inference_mode: true`)
         self.model_config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)
@@ -160,6 +163,14 @@ class VideoTextModule(L.LightningModule):
         self.test_zero_shot = ZeroShotAccuracy() if zero_shot else None
         self._text_cache: dict[bytes, torch.Tensor] = {}
         self.last_results: dict[str, dict[str, float]] = {}
+
+    def setup(self, stage: str) -> None:
+        """Hand the model's input description to the data module before anything is loaded: a data section that
+        states another frame count, resolution, normalization or sampling is a ConfigError before step 1."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is not None and hasattr(datamodule, "adopt_input"):
+            spec = self.model_spec.get("model")
+            datamodule.adopt_input(self.model.input_spec, f"model {spec}" if isinstance(spec, str) else "the model")
 
     # -- modes ------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> VideoTextModule:

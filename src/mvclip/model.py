@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mvclip.input_spec import InputSpec
+
 
 class Stage(nn.Module):
     """One resolution of the video encoder: optional downsampling, optional positional encoding, blocks."""
@@ -156,10 +158,13 @@ class VideoTextModel(nn.Module):
 
     no_decay_state: ClassVar[tuple[str, ...]] = ("logit_scale",)
 
-    def __init__(self, video: VideoEncoder, text: TextEncoder | None, logit_scale: float = math.log(1 / 0.07)) -> None:
+    def __init__(self, video: VideoEncoder, text: TextEncoder | None, logit_scale: float = math.log(1 / 0.07),
+                 input_spec: InputSpec | None = None) -> None:
         super().__init__()
         self.video = video
         self.text = text
+        # the input clips this model expects (the builder sets it from the config's `input` section)
+        self.input_spec = input_spec or InputSpec(frames=getattr(video, "num_frames", 8))
         self.logit_scale = nn.Parameter(torch.tensor(float(logit_scale)))
 
     def encode_video(self, video: torch.Tensor, normalize: bool = False) -> torch.Tensor:

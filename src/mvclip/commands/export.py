@@ -39,8 +39,8 @@ def main(argv: list[str]) -> int:
         print(f"mvclip export: {error}", file=sys.stderr)
         return 2
     preprocess = ckpt.get("mvclip_preprocess") or {}
-    frames = args.frames or preprocess.get("frames") or module.model.video.num_frames
-    resolution = args.resolution or preprocess.get("resolution") or 256
+    frames = args.frames or preprocess.get("frames") or module.model.input_spec.frames
+    resolution = args.resolution or preprocess.get("resolution") or module.model.input_spec.resolution
     try:
         out, metrics = export_checkpoint(
             module, args.ckpt_path, random_inputs(frames, resolution), out_dir=out_dir,
