@@ -374,8 +374,8 @@ def test_tiny_recipe_fine_tunes_two_steps_from_a_mobileclip_checkpoint(synthetic
     path = tmp_path / "mobileclip_s0.pt"
     torch.save(checkpoint("apple_mobileclip_s0"), path)
     out = cli("fit", "--config", "recipes/mobileviclip_tiny.yaml", f"--model.pretrained={path}",
-              f"--data.train={synthetic_root / 'train'}", f"--data.val={synthetic_root / 'val'}", "--data.resolution=64",
-              "--data.frames=4", "--trainer.max_steps=2", "--trainer.limit_val_batches=0", "--trainer.max_epochs=null",
+              f"--data.train={synthetic_root / 'train'}", f"--data.val={synthetic_root / 'val'}", "--model.input={resolution: 64, frames: 4}",
+              "--trainer.max_steps=2", "--trainer.limit_val_batches=0", "--trainer.max_epochs=null",
               "--data.batch_size=2", "--data.num_workers=0", "--trainer.logger=false", "--trainer.callbacks=[]",
               "--trainer.enable_checkpointing=false", "--trainer.precision=32-true")
     text = out.stdout + out.stderr

@@ -70,7 +70,7 @@ def test_shipped_sweeps_parse(name):
     sweep = sw.load_sweep(ABLATIONS / f"{name}.yaml")
     assert sweep.name == name and sweep.base == "recipes/small.yaml" and sweep.baseline in sweep.variants
     assert sweep.overrides["trainer.max_steps"] == sweep.overrides["trainer.val_check_interval"] == 150
-    assert sweep.overrides["data.resolution"] == 64
+    assert sweep.overrides["model.input"]["resolution"] == 64 and "data.resolution" not in sweep.overrides
     if name == "block_design":
         assert list(sweep.variants) == ["frame_mean", "st_repmixer", "tpe_attention", "both"] and sweep.seeds == [0, 1]
 
@@ -222,7 +222,7 @@ def test_sampling_sweep_fps_really_samples_at_a_fixed_rate_on_the_synthetic_clip
     from mvclip.datamodules.sampling import sample_indices, segment_indices
     from mvclip.datamodules.synthetic import DEFAULT_FPS, DEFAULT_FRAMES
 
-    rate = sw.load_sweep(ABLATIONS / "sampling.yaml").variants["fps"]["data.sampling_fps"]
+    rate = sw.load_sweep(ABLATIONS / "sampling.yaml").variants["fps"]["model.input"]["sampling_fps"]
     got = sample_indices(DEFAULT_FRAMES, 8, "fps", train=False, video_fps=DEFAULT_FPS, sampling_fps=rate)
     assert [b - a for a, b in zip(got, got[1:])] == [2] * 7
     assert sample_indices(DEFAULT_FRAMES, 8, "fps", train=False, video_fps=DEFAULT_FPS, sampling_fps=2.0) == segment_indices(DEFAULT_FRAMES, 8, train=False)
@@ -421,7 +421,7 @@ def test_sweep_end_to_end_then_rerun_skips(tmp_path_factory):
     root = tmp / "root"
     args = ["sweep", "--sweep", str(path), "--root", str(root), "--docs", str(tmp / "docs" / "ablations.md"),
             "--set", f"data.train={data / 'train'}", "--set", f"data.val={data / 'val'}", "--set", f"data.test={data / 'test'}",
-            "--set", "data.frames=4", "--set", "data.resolution=64", "--set", "data.batch_size=8", "--set", "data.eval_batch_size=16",
+            "--set", "model.input={resolution: 64, frames: 4}", "--set", "data.batch_size=8", "--set", "data.eval_batch_size=16",
             "--set", "data.num_workers=0", "--set", "trainer.max_steps=3", "--set", "trainer.val_check_interval=3",
             "--set", "model.warmup_steps=1", "--set", "trainer.enable_progress_bar=false",
             # the recipe's callbacks, with a cheaper export (last only, no ONNX, one latency repeat)

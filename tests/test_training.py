@@ -122,7 +122,7 @@ def test_predict_writes_embeddings_with_keys(synthetic_root, tiny_model_config, 
 
 
 def test_predict_command_writes_embeddings_by_default(synthetic_root, tmp_path):
-    cli("predict", "--config", "recipes/small.yaml", f"--data.test={synthetic_root / 'test'}", "--data.resolution=64",
+    cli("predict", "--config", "recipes/small.yaml", f"--data.test={synthetic_root / 'test'}", "--model.input={resolution: 64}",
         "--data.num_workers=0", f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false")
     data = np.load(tmp_path / "embeddings" / "embeddings.npz")
     assert data["video"].shape == (32, 256) and data["text_key"].shape[0] == data["text"].shape[0] >= 32
@@ -140,7 +140,7 @@ def test_real_data_recipes_parse_and_run_two_steps(recipe, synthetic_root, tmp_p
     # the recipes name published weights (pretrained / the frozen backbone), which this machine does not have
     no_weights = ["--model.init_from=null"] if recipe == "side4video_vit_b16" else ["--model.pretrained=null"]
     out = cli("fit", "--config", f"recipes/{recipe}.yaml", f"--data.train={synthetic_root / 'train'}",
-              f"--data.val={synthetic_root / 'val'}", f"--data.test={synthetic_root / 'test'}", "--data.resolution=128",
+              f"--data.val={synthetic_root / 'val'}", f"--data.test={synthetic_root / 'test'}", "--model.input={resolution: 128}",
               *RECIPE_SMOKE, *no_weights, cwd=ROOT)
     assert "`Trainer.fit` stopped: `max_steps=2` reached." in out.stdout + out.stderr
 
@@ -148,7 +148,7 @@ def test_real_data_recipes_parse_and_run_two_steps(recipe, synthetic_root, tmp_p
 @pytest.mark.slow
 def test_small_side_network_recipe_starts_from_the_backbone_recipe(synthetic_root, tmp_path):
     """Step 1 (the frame-mean backbone) writes a checkpoint; step 2 loads all of it and trains only the side network."""
-    data = [f"--data.train={synthetic_root / 'train'}", f"--data.val={synthetic_root / 'val'}", "--data.resolution=64"]
+    data = [f"--data.train={synthetic_root / 'train'}", f"--data.val={synthetic_root / 'val'}"]  # the recipes' 64 px
     smoke = [a for a in RECIPE_SMOKE if not a.startswith(("--trainer.callbacks", "--trainer.enable_checkpointing"))]
     backbone = tmp_path / "backbone"
     cli("fit", "--config", "recipes/side4video_small_backbone.yaml", *data, *smoke,
@@ -172,7 +172,7 @@ def test_resume_after_kill_finishes_with_the_same_number_of_steps(synthetic_root
     """Kill a run once it has a checkpoint, resume with --ckpt_path last, and check it ends at max_steps with restored state."""
     run_dir = tmp_path / "run"
     common = ["fit", "--config", "recipes/small.yaml", f"--data.train={synthetic_root / 'train'}",
-              f"--data.val={synthetic_root / 'val'}", "--data.resolution=64", "--data.frames=4", "--data.batch_size=8",
+              f"--data.val={synthetic_root / 'val'}", "--model.input={resolution: 64, frames: 4}", "--data.batch_size=8",
               "--data.num_workers=0", "--trainer.max_steps=12", "--trainer.val_check_interval=6",
               f"--trainer.default_root_dir={run_dir}", f"--trainer.logger.init_args.save_dir={run_dir}",
               "--trainer.callbacks=[{class_path: lightning.pytorch.callbacks.ModelCheckpoint, "
