@@ -70,7 +70,8 @@ def test_shipped_sweeps_parse(name):
     sweep = sw.load_sweep(ABLATIONS / f"{name}.yaml")
     assert sweep.name == name and sweep.base == "recipes/small.yaml" and sweep.baseline in sweep.variants
     assert sweep.overrides["trainer.max_steps"] == sweep.overrides["trainer.val_check_interval"] == 150
-    assert sweep.overrides["model.input"]["resolution"] == 64 and "data.resolution" not in sweep.overrides
+    inputs = [sweep.overrides["model.input"]] if "model.input" in sweep.overrides else [v["model.input"] for v in sweep.variants.values()]
+    assert [i["resolution"] for i in inputs] == [64] * len(inputs) and "data.resolution" not in sweep.overrides
     if name == "block_design":
         assert list(sweep.variants) == ["frame_mean", "st_repmixer", "tpe_attention", "both"] and sweep.seeds == [0, 1]
 
@@ -177,7 +178,7 @@ def test_mapping_and_list_overrides_reach_the_recipe_through_the_cli(tmp_path):
     assert config["model"]["freeze"] == ["text"] and config["seed_everything"] == 0
     logger = config["trainer"]["logger"]["init_args"]
     assert (logger["save_dir"], logger["name"], logger["version"]) == (str(tmp_path), "frame_mean", "seed0")
-    assert config["trainer"]["max_steps"] == 150 and config["data"]["resolution"] == 64
+    assert config["trainer"]["max_steps"] == 150 and config["model"]["input"] == {"resolution": 64}
 
 
 def test_preflight_catches_a_bad_model_override_before_anything_runs(tmp_path):
