@@ -121,3 +121,17 @@ def test_index_and_search_commands(tmp_path, capsys):
                 CHECKPOINT_KEY: config}, other)
     assert main(["search", "--index", str(tmp_path / "i.npz"), "--model", str(other), "a bike"]) == 2
     assert "mvclip search: the index was built with model" in capsys.readouterr().err
+
+
+def test_build_from_a_shard_set(tmp_path):
+    from mvclip.datamodules.shard_writer import ClipSource, write_shards
+
+    if not REAL_VIDEOS.is_dir():
+        pytest.skip("real clips not found in ../shared/data/videos")
+    sources = [ClipSource(key=n.split(".")[0], path=REAL_VIDEOS / n, captions=["x"]) for n in ("bikes.mp4", "carphone_pristine.mp4")]
+    write_shards(sources, tmp_path / "shards", prefix="s", samples_per_shard=1, progress=False)
+    embedder = Embedder(tiny_model(0), source="tiny")
+    index = VideoIndex.build(embedder, shards=str(tmp_path / "shards"), progress=False)
+    assert [p.rsplit(":", 1)[1] for p in index.paths] == ["bikes", "carphone_pristine"]
+    direct = VideoIndex.build(embedder, [REAL_VIDEOS / "bikes.mp4"], progress=False)
+    torch.testing.assert_close(index.embeddings[:1], direct.embeddings, rtol=0, atol=1e-5)  # same bytes; batch of 2 vs 1

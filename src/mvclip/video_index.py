@@ -54,12 +54,13 @@ def find_videos(source: str | os.PathLike[str] | Iterable[str | os.PathLike[str]
 
 def _shard_samples(pattern: str) -> list[tuple[str, bytes]]:
     """(shard:key, video bytes) of a shard set (a folder with manifest.json, or a tar pattern)."""
+    from mvclip.datamodules.bad_samples import BadSampleCounter
     from mvclip.datamodules.shard_format import video_member
     from mvclip.datamodules.shard_reading import iter_tar, list_shards
 
-    out = []
+    out, counter = [], BadSampleCounter()
     for shard in list_shards(pattern):
-        for raw in iter_tar(shard):
+        for raw in iter_tar(shard.url, counter):
             ext = video_member(raw)
             if ext is not None:
                 out.append((f"{raw['__shard__']}:{raw['__key__']}", raw[ext]))
