@@ -102,3 +102,15 @@ def test_model_built_for_8_frames_runs_other_clip_lengths(frames):
     with torch.no_grad():
         out = model.encode_video(torch.rand(2, frames, 3, 64, 64))
     assert out.shape == (2, 256) and torch.isfinite(out).all()
+
+
+def test_video_temporal_init_reaches_every_block_that_takes_it_and_a_stage_may_override():
+    config = {"embed_dim": 16, "video": {"num_frames": 4, "temporal_init": "mirror", "stem": {"block": "mobileone_stem"},
+                                         "stages": [{"block": "st_repmixer", "dim": 8},
+                                                    {"block": "repmixer", "dim": 8},  # takes no temporal_init: not given one
+                                                    {"block": "st_repmixer", "dim": 8, "temporal_init": "zero"}],
+                                         "head": {"block": "mci_head"}}, "text": None}
+    video = mvclip.build_model(config).video
+    assert video.stages[0].blocks[0].temporal_mixer.init == "mirror"
+    assert not hasattr(video.stages[1].blocks[0], "temporal_mixer")
+    assert video.stages[2].blocks[0].temporal_mixer.init == "zero"

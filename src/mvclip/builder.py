@@ -26,7 +26,7 @@ from mvclip.side import FUSION_LAYERS, FUSION_POINTS, SideNetwork, SideVideoEnco
 
 MODEL_KEYS = {"imports", "embed_dim", "logit_scale", "video", "text", "name", "description", "inference_mode", "input", "weights"}
 WEIGHT_KEYS = {"hub", "file", "revision", "input", "description"}
-VIDEO_KEYS = {"in_channels", "num_frames", "stem", "stages", "head", "side"}
+VIDEO_KEYS = {"in_channels", "num_frames", "stem", "stages", "head", "side", "temporal_init"}
 SIDE_KEYS = {"width", "depth", "stem", "fusion_block", "block", "fusion", "fusion_every", "fusion_points", "patch_size", "grid", "head",
              "num_classes", "train_projection"}
 # `head: retrieval` / `head: classification` are short for these registered side heads
@@ -241,6 +241,9 @@ def _plan_video(cfg: Any, path: str, embed_dim: int, inference_mode: bool = Fals
     in_channels = _positive_int(cfg.get("in_channels", 3), f"{path}.in_channels")
     first_dim = _positive_int(_get(stages[0], "dim", f"{path}.stages[0]"), f"{path}.stages[0].dim")
     mode = {"inference_mode": True} if inference_mode else {}  # context: only blocks that take it get it
+    # how every temporal branch starts (`zero`, `mirror`, `active`): context for the stage blocks that take it, so an
+    # ablation that swaps a block never meets a key the new block does not know; a stage's own value wins
+    start = {"temporal_init": cfg.temporal_init} if cfg.get("temporal_init") is not None else {}
     stem = _resolve(cfg.stem, f"{path}.stem", dim=in_channels, out_dim=first_dim, num_frames=num_frames, **mode)
     channels = stem.kwargs.get("out_dim", first_dim)
     planned: list[_StagePlan] = []
@@ -264,7 +267,7 @@ def _plan_video(cfg: Any, path: str, embed_dim: int, inference_mode: bool = Fals
         entry = REGISTRY.get(block_spec["block"], path=spath)
         if entry.kind != "video":
             raise ConfigError(f"{spath}: block {entry.name!r} is a {entry.kind} block; video stages need video blocks")
-        blocks = [_resolve(block_spec, spath, dim=dim, num_frames=num_frames, **mode) for _ in range(depth)]
+        blocks = [_resolve(block_spec, spath, dim=dim, num_frames=num_frames, **start, **mode) for _ in range(depth)]
         stage_shapes.append((dim, depth))
         pos_spec = stage.get("pos_embed", None) if "pos_embed" in stage else _default_pos_embed(entry)
         pos_embed = None
