@@ -226,6 +226,171 @@ class TemporalDiagnostics(Callback):
         trainer.logger.log_metrics(metrics, step=trainer.global_step)
 
 
+class ResultGrid(Callback):
+    """At each validation, logs to TensorBoard what the retrieval numbers mean: a grid of a few text queries with
+    their top-`k` clips as frame strips (the clips a query describes framed in green, `val/results/t2v` in the images
+    tab, the same as a table with keys and scores in the text tab) and the video embeddings for the projector tab
+    (keys and first captions as metadata, one frame each as sprites, at most `max_embeddings`).
+
+    The queries are fixed: the first caption of each of the validation set's first clips, `queries` distinct ones (its
+    loader is not shuffled). One per clip, because a clip's captions are often paraphrases: the first four distinct
+    captions of the synthetic set all describe its first clip, and would draw the same row four times.
+
+    Data comes from what validation computes anyway: `VideoTextModule.validation_step` returns the batch's unit-norm
+    embeddings, and the batch gives keys, caption tokens (decoded back to text) and frames. Frames are the costly part,
+    so none are kept whole: each batch's clips are scored against the queries as it passes and only the clips that
+    enter a query's running top `k` are cut down to a strip (`frames` frames of `frame_px` px, a few kB). The batches
+    seen before all the queries are known (usually just the first) keep a strip of every clip until then. Nothing is
+    re-read from disk. Does nothing unless a logger is a `TensorBoardLogger`; skips the sanity check; under DDP it draws
+    rank 0's share of the validation set.
+    """
+
+    def __init__(self, queries: int = 4, k: int = 5, frames: int = 4, frame_px: int = 48, max_embeddings: int = 1000,
+                 sprite_px: int = 32, tag: str = "val/results") -> None:
+        super().__init__()
+        for name, value in (("queries", queries), ("k", k), ("frames", frames), ("frame_px", frame_px), ("sprite_px", sprite_px)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ResultGrid.{name} must be a positive integer, got {value!r}")
+        if isinstance(max_embeddings, bool) or not isinstance(max_embeddings, int) or max_embeddings < 0:
+            raise ValueError(f"ResultGrid.max_embeddings must be an integer >= 0 (0: no projector), got {max_embeddings!r}")
+        self.num_queries, self.k, self.frames, self.frame_px = queries, k, frames, frame_px
+        self.max_embeddings, self.sprite_px, self.tag = max_embeddings, sprite_px, tag
+        self._warned = False
+        self._reset()
+
+    def _reset(self) -> None:
+        self._queries: list[tuple[bytes, str, torch.Tensor]] = []
+        self._pending: list[dict[str, Any]] = []
+        self._top: list[list[Any]] = []
+        self._scores: list[list[torch.Tensor]] = []
+        self._correct: list[list[torch.Tensor]] = []
+        self._seen: set[str] = set()
+        self._order = 0
+        self._projected: list[torch.Tensor] = []
+        self._metadata: list[list[str]] = []
+        self._sprites: list[np.ndarray] = []
+
+    @staticmethod
+    def _tensorboard(trainer: Any) -> Any:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        loggers = getattr(trainer, "loggers", None) or ([trainer.logger] if trainer.logger is not None else [])
+        return next((lg for lg in loggers if isinstance(lg, TensorBoardLogger)), None)
+
+    def _active(self, trainer: Any) -> bool:
+        return not trainer.sanity_checking and trainer.is_global_zero and self._tensorboard(trainer) is not None
+
+    def on_validation_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self._reset()
+
+    def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
+                                dataloader_idx: int = 0) -> None:
+        from mvclip.result_grid import caption_text, frame_strip
+
+        if not self._active(trainer):
+            return
+        if not isinstance(outputs, dict) or "video_emb" not in outputs or "text_emb" not in outputs:
+            if not self._warned:
+                print("ResultGrid: validation_step returned no embeddings (video_emb, text_emb); no result grid is logged", file=sys.stderr)
+                self._warned = True
+            return
+        spec = getattr(getattr(pl_module, "model", None), "input_spec", None)
+        video, keys = batch["video"], list(batch["key"])
+        video_emb = outputs["video_emb"].detach().float().cpu()
+        text_emb = outputs["text_emb"].detach().float().cpu()
+        tokens = batch["text"].detach().cpu()
+        owner = batch["text_video_index"].tolist()
+        rows = [row.numpy().tobytes() for row in tokens]
+        fresh = [i for i, key in enumerate(keys) if key not in self._seen]  # DDP pads by repeating clips
+        self._seen.update(keys[i] for i in fresh)
+        captions: list[set[bytes]] = [set() for _ in keys]
+        first_caption: dict[int, int] = {}
+        for j, i in enumerate(owner):
+            captions[i].add(rows[j])
+            first_caption.setdefault(i, j)
+        known = {q[0] for q in self._queries}
+        for i in fresh:
+            j = first_caption.get(i)
+            if len(self._queries) < self.num_queries and j is not None and rows[j] not in known:
+                self._queries.append((rows[j], caption_text(tokens[j]), text_emb[j]))
+                known.add(rows[j])
+        for i in fresh:
+            if len(self._projected) >= self.max_embeddings:
+                break
+            self._projected.append(video_emb[i])
+            self._metadata.append([keys[i], caption_text(tokens[first_caption[i]]) if i in first_caption else ""])
+            self._sprites.append(frame_strip(video[i], 1, self.sprite_px, spec))
+        record = {
+            "emb": video_emb[fresh], "keys": [keys[i] for i in fresh], "captions": [captions[i] for i in fresh],
+            "orders": list(range(self._order, self._order + len(fresh))),
+        }
+        self._order += len(fresh)
+        if len(self._queries) < self.num_queries:  # a later batch may bring a query these clips must be ranked for
+            record["strips"] = [frame_strip(video[i], self.frames, self.frame_px, spec) for i in fresh]
+            self._pending.append(record)
+            return
+        self._flush()
+        self._rank(record, lambda n: frame_strip(video[fresh[n]], self.frames, self.frame_px, spec))
+
+    def _flush(self) -> None:
+        for record in self._pending:
+            self._rank(record, record["strips"].__getitem__)
+        self._pending = []
+
+    def _rank(self, record: dict[str, Any], strip_of: Any) -> None:
+        from mvclip.result_grid import top_hits
+
+        if not record["keys"]:
+            return
+        while len(self._top) < len(self._queries):
+            self._top.append([])
+            self._scores.append([])
+            self._correct.append([])
+        scores = torch.stack([q[2] for q in self._queries]) @ record["emb"].T  # (queries, clips)
+        for q, (row, _, _) in enumerate(self._queries):
+            correct = [row in caps for caps in record["captions"]]
+            self._top[q] = top_hits(self._top[q], scores[q], record["orders"], record["keys"], correct, strip_of, self.k)
+            self._scores[q].append(scores[q])
+            self._correct[q].append(torch.tensor(correct))
+
+    def results(self) -> list[Any]:
+        """The queries ranked (`mvclip.result_grid.QueryResult`), with each one's correct-clip rank: 1 + the other clips
+        scoring at least as high as its best correct clip (pessimistic, as `RetrievalMetric` counts). For the end of a
+        validation: clips still waiting for a query are ranked for the queries found so far."""
+        from mvclip.result_grid import QueryResult
+
+        self._flush()
+        out = []
+        for q, (_, caption, _) in enumerate(self._queries):
+            if q >= len(self._top):
+                break
+            scores, correct = torch.cat(self._scores[q]), torch.cat(self._correct[q])
+            rank = None
+            if bool(correct.any()):
+                best = scores[correct].max()
+                rank = 1 + int(((scores >= best) & ~correct).sum())
+            out.append(QueryResult(caption, list(self._top[q]), rank))
+        return out
+
+    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        from mvclip.result_grid import draw_grid, results_table
+
+        if not self._active(trainer):
+            return
+        writer = self._tensorboard(trainer).experiment
+        step = int(trainer.global_step)
+        results = self.results()
+        if results:
+            writer.add_image(f"{self.tag}/t2v", draw_grid(results, self.k), step, dataformats="HWC")
+            writer.add_text(f"{self.tag}/t2v", results_table(results), step)
+        if self._projected:
+            sprites = torch.from_numpy(np.stack(self._sprites)).permute(0, 3, 1, 2).float() / 255.0
+            writer.add_embedding(torch.stack(self._projected), metadata=self._metadata, metadata_header=["key", "caption"],
+                                 label_img=sprites, global_step=step, tag=f"{self.tag}/video".replace("/", "_"))
+        writer.flush()
+        self._reset()
+
+
 def _describe_unfolded(unfolded: dict[str, Any]) -> str:
     """`12 LayerNorm` style summary of the normalization layers reparameterization could not fold."""
     return ", ".join(f"{n} {kind}" for kind, n in sorted(unfolded["norms"].items())) or "no normalization layers"

@@ -284,7 +284,9 @@ class VideoTextModule(L.LightningModule):
         return torch.stack([self._text_cache[r] for r in rows]).to(tokens.device)
 
     def _eval_step(self, batch: dict[str, Any], retrieval: RetrievalMetric, zero_shot: ZeroShotAccuracy | None,
-                   temporal: TemporalMetric) -> None:
+                   temporal: TemporalMetric) -> dict[str, torch.Tensor]:
+        """Updates the metrics and returns the batch's unit-norm embeddings, which callbacks get as `outputs`
+        (`mvclip.callbacks.ResultGrid` draws its grid from them; Lightning keeps no step outputs, so this costs nothing)."""
         video = batch["video"]
         video_emb = self.model.encode_video(video, normalize=True)
         text_emb = self._encode_eval_text(batch["text"])
@@ -303,6 +305,7 @@ class VideoTextModule(L.LightningModule):
             captions=[row.cpu().numpy().tobytes().hex() for row in batch["text"]],
             **{k: self.model.encode_video(v, normalize=True) if v is not None and frames > 1 else None for k, v in reordered.items()},
         )
+        return {"video_emb": video_emb.detach(), "text_emb": text_emb.detach()}
 
     def _zero_shot_classifier(self) -> torch.Tensor:
         from mvclip.tokenizer import tokenize
@@ -325,11 +328,11 @@ class VideoTextModule(L.LightningModule):
     def on_test_epoch_start(self) -> None:
         self._start_eval(self.test_zero_shot)
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, self.val_retrieval, self.val_zero_shot, self.val_temporal)
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._eval_step(batch, self.val_retrieval, self.val_zero_shot, self.val_temporal)
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, self.test_retrieval, self.test_zero_shot, self.test_temporal)
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._eval_step(batch, self.test_retrieval, self.test_zero_shot, self.test_temporal)
 
     def _finish_eval(self, stage: str, retrieval: RetrievalMetric, zero_shot: ZeroShotAccuracy | None,
                      temporal: TemporalMetric) -> None:
