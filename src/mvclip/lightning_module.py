@@ -219,7 +219,8 @@ class VideoTextModule(L.LightningModule):
         clamp_logit_scale_(self.model.logit_scale, self.max_log_scale)
 
     def parameter_groups(self) -> list[dict[str, Any]]:
-        """AdamW groups: (decay | no decay) x (from a file | new) x (temporal | not), frozen parameters left out."""
+        """AdamW groups: (decay | no decay) x (from a file | new) x (temporal | not) x `lr_mult` prefix, frozen parameters
+        left out."""
         groups: dict[tuple[bool, bool, bool, str], list[torch.nn.Parameter]] = {}
         for name, param in self.model.named_parameters():
             if not param.requires_grad:
