@@ -32,6 +32,7 @@ def tiny_model_config():
     return copy.deepcopy(
         {
             "embed_dim": 32,
+            "input": {"resolution": 64},  # the clips the tests feed it: 4 frames (video.num_frames) at 64 px
             "video": {
                 "num_frames": 4,
                 "stem": {"block": "mobileone_stem"},

@@ -32,7 +32,7 @@ def test_models_command_lists_parameters_input_and_weights(capsys):
     assert main(["models", "tiny_cpu", "mobileviclip_tiny"]) == 0
     out = capsys.readouterr().out
     tiny = next(line for line in out.splitlines() if line.startswith("| tiny_cpu "))
-    assert "1.3M" in tiny and "15.4M" in tiny and "8 x 80 px" in tiny and "| none " in tiny
+    assert "1.3M" in tiny and "15.4M" in tiny and "8 x 64 px" in tiny and "| none " in tiny
     assert "mobileclip_s0 (apple/MobileCLIP-S0/mobileclip_s0.pt)" in out
 
 
@@ -54,7 +54,7 @@ def test_preprocess_of_a_real_clip_equals_the_data_modules_evaluation_path_bit_f
     dm.adopt_input(model.input_spec, "tiny_cpu")
     batch = next(iter(dm.val_dataloader()))
     clip = preprocess(video)
-    assert clip.shape == (8, 3, 80, 80)
+    assert clip.shape == (8, 3, 64, 64)
     assert torch.equal(batch["video"][0], clip)
     assert torch.equal(preprocess(video.read_bytes()), clip)
 
@@ -157,7 +157,7 @@ def test_presets_list_and_build_from_a_built_wheel(tmp_path):
     lines = out.stdout.splitlines()
     assert lines[0].startswith(str(target)), lines
     assert lines[1].split(",") == PRESETS
-    assert lines[2] == "2 80" and lines[3] == "256"
+    assert lines[2] == "2 64" and lines[3] == "256"
 
 
 def _site_packages() -> str:

@@ -102,7 +102,9 @@ def test_unknown_recipe_key_is_reported_with_its_path(tmp_path):
     result = cli("fit", "--config", "recipes/small.yaml", "--model.lrr=0.1", "--print_config", check=False)
     assert result.returncode != 0 and "lrr" in result.stderr
     bad = tmp_path / "bad.yaml"
-    bad.write_text((ROOT / "recipes/small.yaml").read_text().replace("  frames: 8", "  frames: 8\n  frame_rate: 3"))
+    recipe = (ROOT / "recipes/small.yaml").read_text()
+    assert "  batch_size: 32\n" in recipe
+    bad.write_text(recipe.replace("  batch_size: 32\n", "  batch_size: 32\n  frame_rate: 3\n"))
     result = cli("fit", "--config", str(bad), "--print_config", check=False)
     assert result.returncode != 0 and "frame_rate" in result.stderr
 
