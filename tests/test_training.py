@@ -241,7 +241,8 @@ def test_end_to_end_training_learns_retrieval_well_above_chance(tmp_path_factory
     root = ensure_synthetic_dataset(tmp_path_factory.mktemp("synthetic_e2e"), num_train=512, num_val=64, num_test=32,
                                     seed=1, frames=8, size=64, progress=False)
     L.seed_everything(0)
-    module = VideoTextModule(model=tiny_model_config, lr=3e-3, warmup_steps=20)
+    config = {**tiny_model_config, "video": {**tiny_model_config["video"], "num_frames": 8}}  # 8-frame clips
+    module = VideoTextModule(model=config, lr=3e-3, warmup_steps=20)
     history = _LossHistory()
     dm = datamodule(root, frames=8, resolution=64, batch_size=16, eval_batch_size=32, crop_scale=(0.8, 1.0))
     trainer(max_steps=E2E_STEPS, limit_val_batches=None, val_check_interval=E2E_STEPS, check_val_every_n_epoch=None,
