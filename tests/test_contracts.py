@@ -186,5 +186,6 @@ def test_lr_mult_by_prefix_longest_wins_and_a_prefix_matching_nothing_is_an_erro
     assert lr_of[id(params["logit_scale"])] == pytest.approx(1e-3)
     with pytest.raises(mvclip.ConfigError, match=r"model.lr_mult.txt: matches no parameter"):
         VideoTextModule(model=tiny_model_config, lr_mult={"txt": 0.1})
-    with pytest.raises(mvclip.ConfigError, match=r"model.lr_mult.text: expected a number >= 0"):
-        VideoTextModule(model=tiny_model_config, lr_mult={"text": -1})
+    for bad in (-1, float("nan"), float("inf"), "abc"):
+        with pytest.raises(mvclip.ConfigError, match=r"model.lr_mult.text: expected a finite number >= 0"):
+            VideoTextModule(model=tiny_model_config, lr_mult={"text": bad})

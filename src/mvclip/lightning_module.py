@@ -35,8 +35,8 @@ def prefix_lr_multipliers(model: torch.nn.Module, lr_mult: dict[str, float]) -> 
     matched: dict[str, str] = {}
     for prefix in sorted(lr_mult, key=len):
         value = lr_mult[prefix]
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-            raise ConfigError(f"model.lr_mult.{prefix}: expected a number >= 0, got {value!r}")
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+            raise ConfigError(f"model.lr_mult.{prefix}: expected a finite number >= 0, got {value!r}")
         hits = [n for n in names if n == prefix or n.startswith(prefix + ".")]
         if not hits:
             roots = sorted({n.split(".")[0] for n in names})
