@@ -1,9 +1,14 @@
-"""Unfused vs fused CPU latency of the video encoders on one clip (8 x 3 x 256 x 256).
+"""Fused vs unfused CPU latency of the video encoders on one clip (8 x 3 x 256 x 256), side by side.
 
-Both forms run in the same process, interleaved (unfused, fused, unfused, ...), so drift in
-machine load hits both alike; the table reports medians and the speed-up ratio.
+Every form of every model runs in the same process, interleaved (S0 unfused, S0 fused, Tiny unfused, ...), so drift in
+machine load hits all alike; the table reports medians and the ratios the project's goals are stated in:
+- fused / unfused for each model (the branched training form against its plain-conv inference form);
+- fused MobileViCLIP-Tiny / fused MobileCLIP-S0 applied frame by frame (what the temporal additions cost);
+- the fused S0's achieved GFLOP/s (PyTorch's FLOP counter on one forward) against this machine's fp32 matmul peak,
+  measured in the same run (a 2048^3 `torch.mm`), i.e. how close the frame-wise model runs to the hardware.
+`--channels-last` adds each fused model in `torch.channels_last` as a further interleaved row.
 
-    python bench/fuse.py [--repeats 10] [--threads N] [--no-write]
+    python bench/fuse.py [--repeats 10] [--threads N] [--channels-last] [--no-write]
 """
 from __future__ import annotations
 
@@ -14,27 +19,61 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mvclip  # noqa: E402
 from report import machine, today, write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-PRESETS = ["mobileviclip_tiny", "mobileviclip_small"]
+PRESETS = ["mobileclip_s0_frames", "mobileviclip_tiny", "mobileviclip_small"]
+IMAGE_MODEL, VIDEO_MODEL = "mobileclip_s0_frames", "mobileviclip_tiny"
 
 
 @torch.inference_mode()
-def time_interleaved(models: dict[str, torch.nn.Module], clip: torch.Tensor, repeats: int, warmup: int = 2) -> dict[str, list[float]]:
+def time_interleaved(runners: dict[str, callable], repeats: int, warmup: int = 2) -> dict[str, list[float]]:
     for _ in range(warmup):
-        for model in models.values():
-            model.encode_video(clip)
-    times: dict[str, list[float]] = {name: [] for name in models}
+        for run in runners.values():
+            run()
+    times: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(repeats):
-        for name, model in models.items():
+        for name, run in runners.items():
             start = time.perf_counter()
-            model.encode_video(clip)
+            run()
             times[name].append(time.perf_counter() - start)
     return times
+
+
+@torch.inference_mode()
+def matmul_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
+    """This machine's fp32 `torch.mm` rate, the best of `repeats` (the peak the encoders are compared with)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
+    return 2 * size**3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+@torch.inference_mode()
+def forward_flops(model: torch.nn.Module, clip: torch.Tensor) -> int:
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model.encode_video(clip)
+    return counter.get_total_flops()
+
+
+def channels_last(model: torch.nn.Module) -> torch.nn.Module:
+    """Every 2-D conv's weight in channels_last (the 5-D temporal Conv3d weights stay as they are), so oneDNN picks
+    its NHWC kernels and the activations follow."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            module.to(memory_format=torch.channels_last)
+    return model
 
 
 def main() -> None:
@@ -43,35 +82,58 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--resolution", type=int, default=256)
+    parser.add_argument("--presets", nargs="+", default=PRESETS)
+    parser.add_argument("--channels-last", action="store_true", help="also time each fused model in channels_last")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     clip = torch.rand(1, args.frames, 3, args.resolution, args.resolution)
-    rows = []
-    for preset in PRESETS:
+    runners, diffs, flops = {}, {}, {}
+    for preset in args.presets:
         model = mvclip.build_model(ROOT / "recipes" / "models" / f"{preset}.yaml").eval()
         fused = mvclip.fuse(model)
-        report = mvclip.verify(model, clip, fused=fused, forward=lambda m, x: m.encode_video(x))
-        times = time_interleaved({"unfused": model, "fused": fused}, clip, args.repeats)
-        unfused_ms = statistics.median(times["unfused"]) * 1e3
-        fused_ms = statistics.median(times["fused"]) * 1e3
-        rows.append((preset, unfused_ms, fused_ms, unfused_ms / fused_ms, report.max_rel_diff))
-        print(f"{preset}: unfused {unfused_ms:.1f} ms, fused {fused_ms:.1f} ms, speed-up {unfused_ms / fused_ms:.2f}x, max rel diff {report.max_rel_diff:.1e}", flush=True)
-    command = "python bench/fuse.py " + " ".join(sys.argv[1:])
+        diffs[preset] = mvclip.verify(model, clip, fused=fused, forward=lambda m, x: m.encode_video(x)).max_rel_diff
+        flops[preset] = forward_flops(fused, clip)
+        runners[f"{preset} unfused"] = lambda m=model: m.encode_video(clip)
+        runners[f"{preset} fused"] = lambda m=fused: m.encode_video(clip)
+        if args.channels_last:
+            last = channels_last(mvclip.fuse(model))
+            runners[f"{preset} fused, channels_last"] = lambda m=last: m.encode_video(clip)
+    peak = matmul_peak_gflops()
+    times = {name: statistics.median(t) * 1e3 for name, t in time_interleaved(runners, args.repeats).items()}
+    peak_after = matmul_peak_gflops()  # the peak before and after: a busy machine shows as a spread here
+    command = ("python bench/fuse.py " + " ".join(sys.argv[1:])).strip()
     body = [
         f"Video encoder, one clip of {args.frames}x3x{args.resolution}x{args.resolution}, CPU, eager PyTorch, `torch.inference_mode`; "
-        f"median of {args.repeats} interleaved runs after 2 warm-up runs each.",
+        f"median of {args.repeats} interleaved runs of every row after 2 warm-up runs each.",
         "",
-        f"- command: `{command.strip()}`",
+        f"- command: `{command}`",
         f"- machine: {machine()}",
         f"- date: {today()}",
+        f"- fp32 matmul peak (2048^3 `torch.mm`, best of 5, before / after the timings): {peak:.1f} / {peak_after:.1f} GFLOP/s",
         "",
-        "| model | unfused (ms) | fused (ms) | speed-up (unfused / fused) | fused vs unfused, max relative difference |",
-        "|---|---|---|---|---|",
+        "| model | form | median (ms) | fused speed-up (unfused / fused) | GFLOP per clip | GFLOP/s | of matmul peak | fused vs unfused, max relative difference |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    body += [f"| {p} | {u:.1f} | {f:.1f} | {r:.2f}x | {d:.1e} |" for p, u, f, r, d in rows]
+    best_peak = max(peak, peak_after)
+    for preset in args.presets:
+        fused_ms = times[f"{preset} fused"]
+        for name, ms in times.items():
+            if not name.startswith(preset + " "):
+                continue
+            form = name[len(preset) + 1:]
+            rate = flops[preset] / (ms / 1e3) / 1e9
+            speedup = f"{times[f'{preset} unfused'] / ms:.2f}x" if form != "unfused" else ""
+            diff = f"{diffs[preset]:.1e}" if form == "fused" else ""
+            body.append(f"| {preset} | {form} | {ms:.1f} | {speedup} | {flops[preset] / 1e9:.2f} | {rate:.1f} | "
+                        f"{100 * rate / best_peak:.0f} % | {diff} |")
+        print(f"{preset}: fused {fused_ms:.1f} ms, unfused {times[f'{preset} unfused']:.1f} ms", flush=True)
+    if IMAGE_MODEL in args.presets and VIDEO_MODEL in args.presets:
+        ratio = times[f"{VIDEO_MODEL} fused"] / times[f"{IMAGE_MODEL} fused"]
+        body += ["", f"What the temporal additions cost: fused {VIDEO_MODEL} / fused {IMAGE_MODEL} = **{ratio:.2f}x** "
+                     f"(same run; {IMAGE_MODEL} is MobileCLIP-S0's image encoder applied frame by frame, then averaged)."]
     if not args.no_write:
         write_section("Fused vs unfused latency (bench/fuse.py)", "\n".join(body))
     print("\n".join(body))

@@ -9,6 +9,7 @@ from einops import rearrange
 from torch import nn
 
 from mvclip.layers.reparam import conv_like, conv_norm, detach_parameters, identity_kernel
+from mvclip.layers.temporal_conv import eager, temporal_depthwise_conv
 from mvclip.blocks.repmixer import RepMixerBlock
 from mvclip.registry import register_block
 
@@ -49,8 +50,11 @@ class TemporalMixer(nn.Module):
             self.mirror = copy.deepcopy(self.branch)
 
     def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
+        if self.reparam_conv is not None and eager():
+            # the fused form on the per-frame layout: no (b t) <-> (b c t) copies (docs/benchmarks.md)
+            return temporal_depthwise_conv(x.contiguous(), self.reparam_conv.weight, self.reparam_conv.bias, frames)
         clip = rearrange(x, "(b t) c h w -> b c t h w", t=frames)
-        if self.reparam_conv is not None:
+        if self.reparam_conv is not None:  # traced or exported graphs keep the Conv3d every runtime has a kernel for
             clip = self.reparam_conv(clip)
         elif self.mirror is not None:
             clip = clip + (self.branch(clip) - self.mirror(clip))

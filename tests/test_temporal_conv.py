@@ -39,3 +39,19 @@ def test_even_kernels_and_ragged_batches_are_refused():
         temporal_depthwise_conv(torch.randn(7, 2, 1, 1), torch.randn(2, 1, 3, 1, 1), None, 4)
     with pytest.raises(ValueError, match="must be odd"):
         temporal_depthwise_conv(torch.randn(8, 2, 1, 1), torch.randn(2, 1, 4, 1, 1), None, 4)
+
+
+@pytest.mark.parametrize("frames", [1, 2, 8])
+def test_fused_temporal_mixer_eager_kernel_equals_its_exported_conv3d(frames):
+    """Eager runs the shifted multiply-adds, traced graphs the Conv3d: the same numbers, borders included."""
+    from mvclip.blocks.st_repmixer import TemporalMixer
+    from mvclip.testing import randomize_for_fusion_
+
+    mixer = randomize_for_fusion_(TemporalMixer(8, 3, init="active"), seed=frames).eval()
+    x = torch.randn(3 * frames, 8, 5, 5)
+    unfused = mixer(x, frames)
+    mixer.reparameterize()
+    eager = mixer(x, frames)
+    traced = torch.jit.trace(lambda inp: mixer(inp, frames), (x,), check_trace=False)(x)
+    torch.testing.assert_close(eager, traced, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(eager, unfused, rtol=1e-5, atol=1e-5)

@@ -11,6 +11,12 @@ from __future__ import annotations
 import torch
 
 
+def eager() -> bool:
+    """True outside tracing, `torch.export` and `torch.compile`: where the shifted multiply-adds are the faster kernel,
+    while exported graphs keep the `Conv3d` that ONNX, ExecuTorch and Core ML lower to their own kernels."""
+    return not (torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export())
+
+
 def temporal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, frames: int) -> torch.Tensor:
     """(B*T, C, H, W) -> (B*T, C, H, W): `y[b, t, c] = bias[c] + sum_k weight[c, k] * x[b, t + k - K//2, c]`, zero outside
     the clip; `weight` is a depthwise Conv3d kernel (C, 1, K, 1, 1) or any (C, K) reshape of it, K odd."""
