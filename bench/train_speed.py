@@ -7,8 +7,8 @@ each setting's speed-up over `default`.
 
 Settings:
 - `default`: the module as `fit` builds it.
-- `channels_last`: every 2-D conv weight in `torch.channels_last` (oneDNN's NHWC depthwise kernels; the activations
-  follow the weights), the layout `model.channels_last: true` selects.
+- `channels_last`: every 2-D conv weight past the RGB stem in `torch.channels_last` (the activations follow the
+  weights), the layout `model.channels_last: true` selects.
 - `bf16`: CPU autocast to bfloat16 around the forward pass (the loss in fp32).
 
     python bench/train_speed.py [--steps 6] [--batch 32] [--resolution 64] [--threads N] [--settings ...] [--no-write]

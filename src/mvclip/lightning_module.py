@@ -87,9 +87,9 @@ class VideoTextModule(L.LightningModule):
             embedding moves when its frames are reversed or shuffled (`mvclip.temporal_metrics`). Twin accuracy is
             reported whenever the evaluation samples declare a `group`, at no extra cost.
         gather_with_grad: gather features across ranks with gradients (open_clip's local loss scheme).
-        channels_last: train with the 2-D conv weights (and so the feature maps) in `torch.channels_last`, whose
-            depthwise kernels are faster on CPU and GPU (`bench/train_speed.py`; `mvclip.layers.memory_format`).
-            Checkpoints are unchanged: a state dict does not record the layout.
+        channels_last: train with the 2-D conv weights (and so the feature maps) in `torch.channels_last`, the
+            layout GPU and oneDNN kernels prefer (`mvclip.layers.memory_format`; no faster on the project's 2-core
+            CPU at the demo's settings: `bench/train_speed.py`). A state dict does not record the layout.
     """
 
     def __init__(
