@@ -11,17 +11,33 @@ Each target's module is imported only when it is asked for, so the base install 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mvclip.export_gate import EvalSet, Gate
 from mvclip.export_verify import Check
 from mvclip.extras import require
 from mvclip.model import VideoTextModel
 
 FORMATS = ("onnx", "executorch", "coreml")
 _EXTRA = {"onnx": "onnx", "executorch": "executorch", "coreml": "coreml"}
+
+
+@dataclass
+class Quantize:
+    """`--quantize int8`: the calibration inputs ({"video", "text"}), the validation set the gate evaluates on, the gate."""
+
+    evaluation: EvalSet
+    calibration: dict[str, torch.Tensor]
+    gate: Gate = field(default_factory=Gate)
+    mode: str = "int8"
+
+    def __post_init__(self) -> None:
+        if self.mode != "int8":
+            raise ValueError(f"quantize: expected 'int8', got {self.mode!r}")
 
 
 def check_formats(formats: Sequence[str], require_extras: bool = True) -> list[str]:
@@ -41,8 +57,10 @@ def check_formats(formats: Sequence[str], require_extras: bool = True) -> list[s
 
 def export_targets(
     fused: VideoTextModel, inputs: Mapping[str, torch.Tensor], folder: Path, formats: Sequence[str], clip_lengths: Sequence[int] | None = None,
+    quantize: Quantize | None = None,
 ) -> tuple[list[Check], dict[str, Any]]:
-    """Write and check every target in `folder`; returns all checks and, per format, what `metrics.json` records."""
+    """Write and check every target in `folder`; returns all checks and, per format, what `metrics.json` records
+    (with `quantize`, each target's int8 graphs and their gate report under `int8`)."""
     checks: list[Check] = []
     targets: dict[str, Any] = {}
     for fmt in formats:
@@ -60,4 +78,8 @@ def export_targets(
             found, info = export_coreml(fused, inputs, folder, clip_lengths)
         checks += found
         targets[fmt] = {**info, "checks": [c.name for c in found]}
+        if quantize is not None:
+            from mvclip.export_quantize import quantize_target
+
+            targets[fmt]["int8"] = quantize_target(fmt, fused, folder, quantize.calibration, quantize.evaluation, quantize.gate)
     return checks, targets

@@ -30,10 +30,19 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no_onnx", action="store_true", help="skip the ONNX graphs (the default format)")
     parser.add_argument("--format", default=None, type=_names, help="comma-separated deployment targets: onnx, executorch, coreml (docs/deploy.md)")
     parser.add_argument("--clip_lengths", default=None, type=_lengths, help="comma-separated clip lengths the video graphs are exported for and checked at (default: --frames)")
+    parser.add_argument("--quantize", choices=["int8"], default=None, help="add int8 graphs (onnx, executorch), calibrated and gated on --val_data")
+    parser.add_argument("--val_data", default=None, help="validation shards (folder or pattern) to calibrate int8 on and evaluate the gate with")
+    parser.add_argument("--calibration_clips", type=int, default=256, help="validation clips int8 is calibrated on")
+    parser.add_argument("--eval_clips", type=int, default=512, help="validation clips the int8 gate evaluates on")
+    parser.add_argument("--max_r1_drop", type=float, default=1.0, help="int8 gate: largest T2V/V2T R@1 drop allowed, in points")
+    parser.add_argument("--min_cosine", type=float, default=0.99, help="int8 gate: smallest mean embedding cosine to float allowed")
+    parser.add_argument("--allow_accuracy_loss", action="store_true", help="keep int8 graphs that fail the gate (recorded as failed in metrics.json)")
     parser.add_argument("--latency_repeats", type=int, default=10, help="timed runs per model for the latency median")
     args = parser.parse_args(argv)
     if args.format is not None and args.no_onnx:
         parser.error("--no_onnx and --format exclude each other: name the formats you want")
+    if args.quantize and not args.val_data:
+        parser.error("--quantize int8 needs --val_data: the validation shards it is calibrated on and gated with")
 
     from mvclip.resume import module_from_checkpoint
 
@@ -49,12 +58,15 @@ def main(argv: list[str]) -> int:
     frames = args.frames or preprocess.get("frames") or module.model.input_spec.frames
     resolution = args.resolution or preprocess.get("resolution") or module.model.input_spec.resolution
     try:
+        quantize = _quantize(args, frames, resolution) if args.quantize else None
         out, metrics = export_checkpoint(
             module, args.ckpt_path, random_inputs(frames, resolution), out_dir=out_dir,
             onnx=not args.no_onnx, latency_repeats=args.latency_repeats, formats=args.format, clip_lengths=args.clip_lengths,
+            quantize=quantize,
         )
     except ExportError as error:
-        print(f"mvclip export: {args.ckpt_path}: {error}; nothing was written", file=sys.stderr)
+        tail = "" if "nothing was written" in str(error) else "; nothing was written"
+        print(f"mvclip export: {args.ckpt_path}: {error}{tail}", file=sys.stderr)
         return 1
     except (ExportTargetError, ConfigError, MissingExtraError, ValueError) as error:
         print(f"mvclip export: {error}", file=sys.stderr)
@@ -83,3 +95,17 @@ def _lengths(text: str) -> list[int]:
     if not lengths or min(lengths) < 1:
         raise argparse.ArgumentTypeError(f"expected comma-separated positive clip lengths such as 4,8, got {text!r}")
     return lengths
+
+
+def _quantize(args: argparse.Namespace, frames: int, resolution: int):
+    """The calibration and gate set of `--quantize int8`, read from `--val_data` as validation reads it."""
+    from mvclip.datamodules.datamodule import VideoTextDataModule
+    from mvclip.export import Quantize
+    from mvclip.export_gate import EvalSet, Gate
+    from mvclip.export_quantize import default_calibration
+
+    data = VideoTextDataModule(val=args.val_data, frames=frames, resolution=resolution, eval_batch_size=16, num_workers=0)
+    data.setup("validate")
+    evaluation = EvalSet.from_batches(data.val_dataloader(), max(args.eval_clips, args.calibration_clips))
+    gate = Gate(max_r1_drop=args.max_r1_drop, min_mean_cosine=args.min_cosine, override=args.allow_accuracy_loss)
+    return Quantize(evaluation, default_calibration(evaluation, args.calibration_clips), gate)
