@@ -158,8 +158,8 @@ def export_model(
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         write_marker(tmp, checkpoint)
         tmp.chmod(0o755)  # mkdtemp makes it private; an export is meant to be shared
-        for file in tmp.iterdir():
-            file.chmod(0o644)
+        for path in tmp.rglob("*"):  # packages that are folders (.mlpackage) included
+            path.chmod(0o755 if path.is_dir() else 0o644)
         check_export_target(out_dir, protect)  # again: the folder may have changed while we verified
         replace_export(tmp, out_dir)
     except OSError as error:
