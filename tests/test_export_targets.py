@@ -89,3 +89,18 @@ def test_base_install_exports_without_the_deploy_extras(tmp_path, tiny_model_con
     metrics = export_model(_random_model(tiny_model_config), tiny_model_config, tmp_path / "exp", random_inputs(4, 64), onnx=False, latency_repeats=1)
     assert metrics["targets"] == {} and not any(m.split(".")[0] in ("executorch", "coremltools") for m in sys.modules)
     assert json.loads((tmp_path / "exp" / "metrics.json").read_text())["targets"] == {}
+
+
+def test_the_format_option_of_the_command_and_the_callback_is_checked_before_any_work(tmp_path, capsys):
+    from mvclip.callbacks import FuseExport
+    from mvclip.cli import main as cli_main
+
+    with pytest.raises(ValueError, match="export format: expected one of onnx, executorch, coreml, got 'tflite'"):
+        FuseExport(formats=["onnx", "tflite"])
+    assert FuseExport(formats=["onnx", "onnx"], clip_lengths=[8, 16]).formats == ["onnx"]
+    for bad, said in ((["--format", "tflite"], "expected a comma-separated list of onnx, executorch, coreml, got 'tflite'"),
+                      (["--clip_lengths", "8,0"], "expected comma-separated positive clip lengths such as 4,8, got '8,0'"),
+                      (["--format", "onnx", "--no_onnx"], "--no_onnx and --format exclude each other")):
+        with pytest.raises(SystemExit) as usage:
+            cli_main(["export", "--ckpt_path", str(tmp_path / "x.ckpt"), *bad])
+        assert usage.value.code == 2 and said in capsys.readouterr().err
