@@ -29,6 +29,7 @@ def test_onnx_video_graph_has_a_dynamic_clip_length_correct_at_each_length(tmp_p
     assert {"onnx/video/frames2", "onnx/video/frames8", "onnx/video/batch3", "onnx/text/batch3"} <= names
     info = metrics["targets"]["onnx"]
     assert info["exporter"] == "torch.onnx.export(dynamo=True)" and info["clip_lengths_checked"] == [2, 4, 8]
+    assert info["clip_length"] == "dynamic"
     assert info["inputs"]["video.onnx"] == ["batch", "frames", 3, 64, 64] and info["inputs"]["text.onnx"] == ["batch", 77]
     # lengths and batch sizes the export never checked: still the fused PyTorch model's embeddings
     session = ort.InferenceSession(str(tmp_path / "exp" / "video.onnx"), providers=["CPUExecutionProvider"])

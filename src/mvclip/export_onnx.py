@@ -62,6 +62,7 @@ def export_onnx(
 
     checks: list[Check] = []
     shapes: dict[str, Any] = {}
+    clip_length = "dynamic"
     for kind in encoder_kinds(fused):
         x = inputs_for(kind, inputs)
         path = folder / f"{kind}.onnx"
@@ -72,7 +73,7 @@ def export_onnx(
         except ExportError:
             if not dynamic_frames:
                 raise
-            dynamic_frames = False  # this model pins its clip length: export it at the held-out one
+            dynamic_frames, clip_length = False, "fixed"  # this model pins its clip length: export it at the held-out one
             write_onnx(fused, kind, x, path, dynamic_frames)
             if set(lengths) - {x.shape[1]}:
                 raise ExportError(f"{path.name}: this model's graph fixes the clip length at {x.shape[1]} frames; cannot check lengths {sorted(set(lengths) - {x.shape[1]})}")
@@ -84,5 +85,6 @@ def export_onnx(
         for name, batch in cases.items():
             got = torch.from_numpy(session.run(None, {kind: batch.numpy()})[0])
             checks.append(check_parity(path.name, name, expected(fused, kind, batch), got, ONNX_MAX_ABS_DIFF, ONNX_MIN_COSINE))
-    return checks, {"exporter": "torch.onnx.export(dynamo=True)", "opset": ONNX_OPSET, "inputs": shapes,
-                    "clip_lengths_checked": sorted({int(c.name.rsplit("frames", 1)[1]) for c in checks if "/frames" in c.name} | ({int(inputs["video"].shape[1])}))}
+    checked = {int(inputs["video"].shape[1])} | {int(c.name.rsplit("frames", 1)[1]) for c in checks if "/frames" in c.name}
+    return checks, {"exporter": "torch.onnx.export(dynamo=True)", "opset": ONNX_OPSET, "inputs": shapes, "clip_length": clip_length,
+                    "clip_lengths_checked": sorted(checked)}
