@@ -61,3 +61,26 @@ def test_an_executorch_program_that_differs_is_refused_naming_it(tmp_path, tiny_
     with pytest.raises(ExportError, match=r"video\.pte: differs from the PyTorch fused model on executorch/video/frames4"):
         export_model(_random_model(tiny_model_config), tiny_model_config, tmp_path / "exp", random_inputs(4, 64), formats=["executorch"], latency_repeats=1)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow  # float and int8 lowerings of both encoders: about two minutes on one shared core
+def test_executorch_int8_through_xnnpacks_quantizer_passes_the_gate(tmp_path, tiny_model_config):
+    from mvclip.datamodules.synthetic import ensure_synthetic_dataset
+    from mvclip.export import Quantize
+    from mvclip.export_gate import EvalSet
+    from mvclip.export_quantize import default_calibration
+
+    from test_training import datamodule
+
+    root = ensure_synthetic_dataset(tmp_path / "data", num_train=8, num_val=16, num_test=8, seed=0, frames=8, size=64, progress=False)
+    dm = datamodule(root, eval_batch_size=16)
+    dm.setup("validate")
+    data = EvalSet.from_batches(dm.val_dataloader(), max_clips=16)
+    torch.manual_seed(0)
+    metrics = export_model(_random_model(tiny_model_config), tiny_model_config, tmp_path / "exp", random_inputs(4, 64), formats=["executorch"],
+                           quantize=Quantize(data, default_calibration(data, 16)), latency_repeats=1)
+    int8 = metrics["targets"]["executorch"]["int8"]
+    assert int8["files"] == ["video.int8.pte", "text.int8.pte"] and {"video.int8.pte", "text.int8.pte"} <= set(metrics["files"])
+    assert int8["passed"] and int8["clips"] == 16 and int8["quantizer"].startswith("PT2E XNNPACKQuantizer")
+    assert int8["cosine"]["video"]["mean"] >= 0.99 and int8["cosine"]["text"]["mean"] >= 0.99
+    assert abs(int8["delta"]["t2v/R@1"]) <= 1 and abs(int8["delta"]["v2t/R@1"]) <= 1
