@@ -25,6 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mvclip  # noqa: E402
 from report import machine, today, write_section  # noqa: E402
 
+from mvclip.layers.memory_format import to_channels_last  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = ["mobileclip_s0_frames", "mobileviclip_tiny", "mobileviclip_small"]
 IMAGE_MODEL, VIDEO_MODEL = "mobileclip_s0_frames", "mobileviclip_tiny"
@@ -67,15 +69,6 @@ def forward_flops(model: torch.nn.Module, clip: torch.Tensor) -> int:
     return counter.get_total_flops()
 
 
-def channels_last(model: torch.nn.Module) -> torch.nn.Module:
-    """Every 2-D conv's weight in channels_last (the 5-D temporal Conv3d weights stay as they are), so oneDNN picks
-    its NHWC kernels and the activations follow."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Conv2d):
-            module.to(memory_format=torch.channels_last)
-    return model
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=10)
@@ -99,7 +92,7 @@ def main() -> None:
         runners[f"{preset} unfused"] = lambda m=model: m.encode_video(clip)
         runners[f"{preset} fused"] = lambda m=fused: m.encode_video(clip)
         if args.channels_last:
-            last = channels_last(mvclip.fuse(model))
+            last = to_channels_last(mvclip.fuse(model))
             runners[f"{preset} fused, channels_last"] = lambda m=last: m.encode_video(clip)
     peak = matmul_peak_gflops()
     times = {name: statistics.median(t) * 1e3 for name, t in time_interleaved(runners, args.repeats).items()}

@@ -116,17 +116,15 @@ def test_video_temporal_init_reaches_every_block_that_takes_it_and_a_stage_may_o
     assert video.stages[2].blocks[0].temporal_mixer.init == "zero"
 
 
-@pytest.mark.parametrize("init", ["zero", "mirror", "active"])
-def test_tpe_starts_at_zero_for_inflation_and_at_feature_scale_when_active(init):
-    """zero/mirror keep the inflated image model exact; active draws TPE at the scale of the normalized features."""
-    config = {"embed_dim": 16, "video": {"num_frames": 8, "temporal_init": init, "stem": {"block": "mobileone_stem"},
-                                         "stages": [{"block": "tpe_attention", "dim": 64}],
-                                         "head": {"block": "mci_head"}}, "text": None}
-    tpe = mvclip.build_model(config).video.stages[0].pos_embed.tpe
-    if init == "active":
-        assert 0.4 < tpe.std().item() < 0.6 and tpe.abs().max().item() <= 1.0
+
+@pytest.mark.parametrize("std", [0.0, 0.5])
+def test_tpe_starts_at_zero_for_inflation_unless_an_init_std_is_given(std):
+    tpe = mvclip.build_block({"block": "tpe_cpe", "dim": 64, "num_frames": 8, "tpe_init_std": std}).tpe
+    if std:
+        assert 0.4 < tpe.std().item() < 0.6 and tpe.abs().max().item() <= 2 * std
         rows = torch.nn.functional.normalize(tpe, dim=1)
-        off_diagonal = (rows @ rows.t() - torch.eye(8)).abs().max().item()
-        assert off_diagonal < 0.5  # every frame gets its own direction
+        assert (rows @ rows.t() - torch.eye(8)).abs().max().item() < 0.5  # every frame gets its own direction
     else:
         assert torch.count_nonzero(tpe) == 0
+    with pytest.raises(ValueError, match="tpe_init_std"):
+        mvclip.build_block({"block": "tpe_cpe", "dim": 8, "tpe_init_std": -1.0})

@@ -272,7 +272,7 @@ def _plan_video(cfg: Any, path: str, embed_dim: int, inference_mode: bool = Fals
         pos_spec = stage.get("pos_embed", None) if "pos_embed" in stage else _default_pos_embed(entry)
         pos_embed = None
         if pos_spec is not None:
-            pos_embed = _resolve(pos_spec, f"{spath}.pos_embed", dim=dim, num_frames=num_frames, **start, **mode)
+            pos_embed = _resolve(pos_spec, f"{spath}.pos_embed", dim=dim, num_frames=num_frames, **mode)
         planned.append(_StagePlan(blocks, downsample, pos_embed))
         channels = dim
     head = _resolve(cfg.head, f"{path}.head", dim=channels, out_dim=embed_dim, num_frames=num_frames, **mode)

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from mvclip.builder import DEFAULT_MODEL_CONFIG, apply_input, apply_overrides, build_model, load_config
 from mvclip.checkpoints import LoadReport, load_weights
 from mvclip.contracts import no_decay_names
+from mvclip.layers.memory_format import to_channels_last
 from mvclip.errors import ConfigError
 from mvclip.freezing import FreezePlan, apply_freezing, plan_freezing
 from mvclip.loss import VideoTextContrastiveLoss, clamp_logit_scale_
@@ -86,6 +87,9 @@ class VideoTextModule(L.LightningModule):
             embedding moves when its frames are reversed or shuffled (`mvclip.temporal_metrics`). Twin accuracy is
             reported whenever the evaluation samples declare a `group`, at no extra cost.
         gather_with_grad: gather features across ranks with gradients (open_clip's local loss scheme).
+        channels_last: train with the 2-D conv weights (and so the feature maps) in `torch.channels_last`, the
+            layout GPU and oneDNN kernels prefer (`mvclip.layers.memory_format`; no faster on the project's 2-core
+            CPU at the demo's settings: `bench/train_speed.py`). A state dict does not record the layout.
     """
 
     def __init__(
@@ -113,6 +117,7 @@ class VideoTextModule(L.LightningModule):
         zero_shot: dict[str, Any] | None = None,
         temporal_eval: list[str] | None = None,
         gather_with_grad: bool = True,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -146,6 +151,8 @@ class VideoTextModule(L.LightningModule):
         if not learn_logit_scale:
             self.freeze_plan = FreezePlan(self.freeze_plan.frozen_parameters | {"logit_scale"}, self.freeze_plan.frozen_modules)
         apply_freezing(self.model, self.freeze_plan)
+        if channels_last:
+            to_channels_last(self.model)
         self.loss = VideoTextContrastiveLoss(gather_with_grad=gather_with_grad)
         self.val_retrieval = RetrievalMetric()
         self.test_retrieval = RetrievalMetric()

@@ -1,0 +1,106 @@
+"""Training throughput at the demo's settings: clips per second of full optimizer steps, settings side by side.
+
+One process builds the demo's model once per setting (same seed, so the same weights) and times whole training
+steps (video and text forward, contrastive loss, backward, AdamW) on the same random batch, interleaving the
+settings step by step so drift in machine load hits all alike. Reported: median seconds per step, clips/s, and
+each setting's speed-up over `default`.
+
+Settings:
+- `default`: the module as `fit` builds it.
+- `channels_last`: every 2-D conv weight past the RGB stem in `torch.channels_last` (the activations follow the
+  weights), the layout `model.channels_last: true` selects.
+- `bf16`: CPU autocast to bfloat16 around the forward pass (the loss in fp32).
+
+    python bench/train_speed.py [--steps 6] [--batch 32] [--resolution 64] [--threads N] [--settings ...] [--no-write]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import machine, today, write_section  # noqa: E402
+
+from mvclip.lightning_module import VideoTextModule  # noqa: E402
+from mvclip.tokenizer import tokenize  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = ("default", "channels_last", "bf16")
+
+
+def build(setting: str, model: str, resolution: int) -> tuple[VideoTextModule, torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    module = VideoTextModule(model=model, input={"resolution": resolution}, freeze=[], lr=2e-3, lr_mult={"text": 0.1},
+                             channels_last=setting == "channels_last")
+    module.train()
+    optimizer = torch.optim.AdamW(module.parameter_groups(), lr=2e-3, betas=(0.9, 0.98), eps=1e-6)
+    return module, optimizer
+
+
+def step(module: VideoTextModule, optimizer: torch.optim.Optimizer, setting: str, video: torch.Tensor, text: torch.Tensor) -> float:
+    start = time.perf_counter()
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if setting == "bf16" else contextlib.nullcontext()
+    with autocast:
+        video_emb = module.model.encode_video(video, normalize=True)
+        text_emb = module.model.encode_text(text, normalize=True)
+    loss = module.loss(video_emb.float(), text_emb.float(), module.model.logit_scale.exp())
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per setting (after 2 warm-up steps)")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--model", default=str(ROOT / "recipes" / "models" / "tiny_cpu.yaml"))
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--settings", nargs="+", default=["default", "channels_last"], choices=SETTINGS,
+                        help="bf16 is opt-in: without native bf16 units (this CPU) it is several times slower")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    generator = torch.Generator().manual_seed(0)
+    video = torch.rand(args.batch, args.frames, 3, args.resolution, args.resolution, generator=generator)
+    text = tokenize([f"a red circle moves to the {'left' if i % 2 else 'right'} number {i}" for i in range(args.batch)])
+    runs = {setting: build(setting, args.model, args.resolution) for setting in args.settings}
+    times: dict[str, list[float]] = {setting: [] for setting in args.settings}
+    for i in range(args.steps + 2):
+        for setting, (module, optimizer) in runs.items():
+            seconds = step(module, optimizer, setting, video, text)
+            if i >= 2:
+                times[setting].append(seconds)
+    base = statistics.median(times[args.settings[0]])
+    command = ("python bench/train_speed.py " + " ".join(sys.argv[1:])).strip()
+    body = [
+        f"Whole training steps of `{Path(args.model).stem}` (video + text forward, loss, backward, AdamW), batch {args.batch}, "
+        f"{args.frames}x3x{args.resolution}x{args.resolution} clips, CPU; median of {args.steps} interleaved steps per setting after "
+        "2 warm-up steps each.",
+        "",
+        f"- command: `{command}`",
+        f"- machine: {machine()}",
+        f"- date: {today()}",
+        "",
+        f"| setting | s / step | clips / s | vs {args.settings[0]} |",
+        "|---|---|---|---|",
+    ]
+    for setting in args.settings:
+        seconds = statistics.median(times[setting])
+        body.append(f"| {setting} | {seconds:.2f} | {args.batch / seconds:.1f} | {base / seconds:.2f}x |")
+    if not args.no_write:
+        write_section("Training step throughput (bench/train_speed.py)", "\n".join(body))
+    print("\n".join(body))
+
+
+if __name__ == "__main__":
+    main()
