@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mvclip.export_graph import check_parity, encoder_kinds, expected, export_encoder, inputs_for, quiet_export, video_at_lengths
+from mvclip.export_graph import check_parity, expected, export_encoder, graph_cases, quiet_export
 from mvclip.export_verify import Check, ExportError
 from mvclip.model import VideoTextModel
 
@@ -73,37 +73,27 @@ def export_coreml(
 
     checks: list[Check] = []
     packages: dict[str, Any] = {}
-    for kind in encoder_kinds(fused):
-        x = inputs_for(kind, inputs)
-        default = None
-        if kind == "video":
-            lengths = list(dict.fromkeys(clip_lengths or [x.shape[1]]))
-            default = x.shape[1] if x.shape[1] in lengths else lengths[0]
-            cases = list(video_at_lengths(x, lengths).items())
-        else:
-            cases = [(None, x)]
-        for frames, batch in cases:
-            name = f"{kind}.mlpackage" if frames is None or frames == default else f"{kind}_t{frames}.mlpackage"
-            example = batch[:1]
-            program = export_encoder(fused, kind, example, batch=False)
-            label = f"coreml/{kind}/graph" + (f"/frames{frames}" if frames is not None else "")
-            with torch.no_grad():
-                got = torch.cat([program.module()(batch[i : i + 1]) for i in range(batch.shape[0])])
-            checks.append(check_parity(name, label, expected(fused, kind, batch), got, COREML_GRAPH_MAX_ABS_DIFF, COREML_GRAPH_MIN_COSINE))
-            try:
-                model = convert(program, kind, tuple(example.shape))
-            except Exception as error:
-                first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-                raise ExportError(f"{name}: coremltools cannot convert it ({type(error).__name__}: {first})") from error
-            info = inspect(model)
-            want_in = {kind: {"shape": list(example.shape), "dtype": "float32" if kind == "video" else "int32"}}
-            want_out = {"embedding": {"shape": [1, int(expected(fused, kind, example).shape[-1])], "dtype": "float32"}}
-            if info["inputs"] != want_in or info["outputs"] != want_out:
-                raise ExportError(f"{name}: the converted program has inputs {info['inputs']} and outputs {info['outputs']}; expected {want_in} and {want_out}")
-            if info["fp32_weights"]:
-                raise ExportError(f"{name}: {len(info['fp32_weights'])} weights stayed fp32 (first: {info['fp32_weights'][0]}); expected fp16 weights")
-            model.save(str(folder / name))
-            packages[name] = info
+    for kind, frames, batch, name in graph_cases(fused, inputs, clip_lengths, ".mlpackage"):
+        example = batch[:1]
+        program = export_encoder(fused, kind, example, batch=False)
+        label = f"coreml/{kind}/graph" + (f"/frames{frames}" if frames is not None else "")
+        with torch.no_grad():
+            got = torch.cat([program.module()(batch[i : i + 1]) for i in range(batch.shape[0])])
+        checks.append(check_parity(name, label, expected(fused, kind, batch), got, COREML_GRAPH_MAX_ABS_DIFF, COREML_GRAPH_MIN_COSINE))
+        try:
+            model = convert(program, kind, tuple(example.shape))
+        except Exception as error:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise ExportError(f"{name}: coremltools cannot convert it ({type(error).__name__}: {first})") from error
+        info = inspect(model)
+        want_in = {kind: {"shape": list(example.shape), "dtype": "float32" if kind == "video" else "int32"}}
+        want_out = {"embedding": {"shape": [1, int(expected(fused, kind, example).shape[-1])], "dtype": "float32"}}
+        if info["inputs"] != want_in or info["outputs"] != want_out:
+            raise ExportError(f"{name}: the converted program has inputs {info['inputs']} and outputs {info['outputs']}; expected {want_in} and {want_out}")
+        if info["fp32_weights"]:
+            raise ExportError(f"{name}: {len(info['fp32_weights'])} weights stayed fp32 (first: {info['fp32_weights'][0]}); expected fp16 weights")
+        model.save(str(folder / name))
+        packages[name] = info
     return checks, {
         "converter": f"coremltools {ct.__version__}: torch.export -> ML program",
         "deployment_target": DEPLOYMENT_TARGET,

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from mvclip.export_graph import check_parity, encoder_kinds, expected, export_encoder, inputs_for, quiet_export, run_all, video_at_lengths
+from mvclip.export_graph import check_parity, expected, export_encoder, graph_cases, quiet_export, run_all
 from mvclip.export_verify import Check, ExportError
 from mvclip.model import VideoTextModel
 
@@ -40,11 +40,6 @@ def set_threads(threads: int) -> None:
     from executorch.extension.pybindings import portable_lib
 
     portable_lib._unsafe_reset_threadpool(int(threads))
-
-
-def graph_name(kind: str, frames: int | None, default_frames: int | None) -> str:
-    """`video.pte` at the default clip length, `video_t<T>.pte` at others, `text.pte`."""
-    return f"{kind}.pte" if frames is None or frames == default_frames else f"{kind}_t{frames}.pte"
 
 
 def lower(program: torch.export.ExportedProgram) -> tuple[bytes, dict[str, int]]:
@@ -103,21 +98,12 @@ def export_executorch(
     """`video.pte` (+ one per other clip length) and `text.pte`, each checked in ExecuTorch on the held-out batch."""
     checks: list[Check] = []
     graphs: dict[str, Any] = {}
-    for kind in encoder_kinds(fused):
-        x = inputs_for(kind, inputs)
-        default = None
-        if kind == "video":
-            lengths = list(dict.fromkeys(clip_lengths or [x.shape[1]]))
-            default = x.shape[1] if x.shape[1] in lengths else lengths[0]
-            cases = list(video_at_lengths(x, lengths).items())
-        else:
-            cases = [(None, x)]
-        for frames, batch in cases:
-            path = folder / graph_name(kind, frames, default)
-            left = write_pte(export_encoder(fused, kind, batch[:1], batch=False), path)
-            name = f"executorch/{kind}" + (f"/frames{frames}" if frames is not None else "")
-            checks.append(check_pte(fused, kind, path, batch, name))
-            graphs[path.name] = {"input": list(batch[:1].shape), "dtype": str(batch.dtype).replace("torch.", ""), "not_delegated": left}
+    for kind, frames, batch, file_name in graph_cases(fused, inputs, clip_lengths, ".pte"):
+        path = folder / file_name
+        left = write_pte(export_encoder(fused, kind, batch[:1], batch=False), path)
+        name = f"executorch/{kind}" + (f"/frames{frames}" if frames is not None else "")
+        checks.append(check_pte(fused, kind, path, batch, name))
+        graphs[path.name] = {"input": list(batch[:1].shape), "dtype": str(batch.dtype).replace("torch.", ""), "not_delegated": left}
     return checks, {
         "exporter": "torch.export + to_edge_transform_and_lower(XnnpackPartitioner)",
         "executorch": _version(),

@@ -105,6 +105,22 @@ def encoder_kinds(fused: VideoTextModel) -> list[str]:
     return ["video", "text"] if fused.text is not None else ["video"]
 
 
+def graph_cases(fused: VideoTextModel, inputs: Mapping[str, torch.Tensor], clip_lengths: Iterable[int] | None,
+                suffix: str) -> Iterator[tuple[str, int | None, torch.Tensor, str]]:
+    """What a fixed-shape target exports: (kind, clip length or None for text, held-out batch, file name), one video
+    graph per clip length (`video<suffix>` at the held-out clips' own length when it is among them, else the first
+    named; `video_t<T><suffix>` at the others) and one text graph."""
+    for kind in encoder_kinds(fused):
+        x = inputs_for(kind, inputs)
+        if kind != "video":
+            yield kind, None, x, f"{kind}{suffix}"
+            continue
+        lengths = list(dict.fromkeys(clip_lengths or [x.shape[1]]))
+        default = x.shape[1] if x.shape[1] in lengths else lengths[0]
+        for frames, batch in video_at_lengths(x, lengths).items():
+            yield kind, frames, batch, f"{kind}{suffix}" if frames == default else f"{kind}_t{frames}{suffix}"
+
+
 def inputs_for(kind: str, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
     if kind not in inputs or inputs[kind] is None:
         raise ValueError(f"the held-out inputs have no {kind!r} batch to check the {kind} encoder on")
