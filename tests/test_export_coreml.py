@@ -8,19 +8,11 @@ import torch
 
 pytest.importorskip("coremltools")
 
-from mvclip.builder import build_model  # noqa: E402
 from mvclip.export import ExportError, export_model, random_inputs  # noqa: E402
 from mvclip.export_folder import ExportTargetError, check_export_target  # noqa: E402
 from mvclip.registry import register_block  # noqa: E402
-from mvclip.testing import randomize_for_fusion_  # noqa: E402
 
-from test_export_targets import _DivergesWhenExported  # noqa: E402
-
-
-def _random_model(config, seed=0):
-    model = build_model(config)
-    randomize_for_fusion_(model, seed=seed)
-    return model.eval()
+from test_export_targets import _DivergesWhenExported, _random_model  # noqa: E402
 
 
 def test_coreml_packages_have_fixed_shapes_fp16_weights_and_a_matching_graph(tmp_path, tiny_model_config):

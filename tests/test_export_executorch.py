@@ -6,20 +6,12 @@ import torch
 
 pytest.importorskip("executorch.runtime")
 
-from mvclip.builder import build_model  # noqa: E402
 from mvclip.export import ExportError, export_model, random_inputs  # noqa: E402
 from mvclip.export_executorch import load, set_threads, thread_count  # noqa: E402
 from mvclip.fusion import fuse  # noqa: E402
 from mvclip.registry import register_block  # noqa: E402
-from mvclip.testing import randomize_for_fusion_  # noqa: E402
 
-from test_export_targets import _DivergesWhenExported  # noqa: E402
-
-
-def _random_model(config, seed=0):
-    model = build_model(config)
-    randomize_for_fusion_(model, seed=seed)
-    return model.eval()
+from test_export_targets import _DivergesWhenExported, _random_model  # noqa: E402
 
 
 @pytest.mark.slow  # two XNNPACK lowerings of ~20 s each on one shared core
