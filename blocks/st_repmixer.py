@@ -9,7 +9,7 @@ from einops import rearrange
 from torch import nn
 
 from mvclip.layers.reparam import conv_like, conv_norm, detach_parameters, identity_kernel
-from mvclip.layers.temporal_conv import eager, temporal_depthwise_conv
+from mvclip.layers.temporal_conv import eager, temporal_conv_graph, temporal_depthwise_conv
 from mvclip.blocks.repmixer import RepMixerBlock
 from mvclip.registry import register_block
 
@@ -53,10 +53,10 @@ class TemporalMixer(nn.Module):
         if self.reparam_conv is not None and eager():
             # the fused form on the per-frame layout: no (b t) <-> (b c t) copies (docs/benchmarks.md)
             return temporal_depthwise_conv(x.contiguous(), self.reparam_conv.weight, self.reparam_conv.bias, frames)
+        if self.reparam_conv is not None:  # traced and exported graphs: a (K x 1) Conv2d, which every runtime lowers
+            return temporal_conv_graph(x, self.reparam_conv.weight, self.reparam_conv.bias, frames)
         clip = rearrange(x, "(b t) c h w -> b c t h w", t=frames)
-        if self.reparam_conv is not None:  # traced or exported graphs keep the Conv3d every runtime has a kernel for
-            clip = self.reparam_conv(clip)
-        elif self.mirror is not None:
+        if self.mirror is not None:
             clip = clip + (self.branch(clip) - self.mirror(clip))
         else:
             clip = clip + self.branch(clip)

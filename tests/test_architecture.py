@@ -74,7 +74,7 @@ def test_base_install_degrades_without_optional_extras(monkeypatch, capsys, tmp_
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("onnxruntime", "matplotlib") else real(name, *a))
     assert not extras.installed("onnx") and not extras.installed("plot")
-    assert extras.missing_note("onnx", "ONNX graphs") == 'note: ONNX graphs skipped: onnx, onnxruntime not installed (pip install "mvclip[onnx]")'
+    assert extras.missing_note("onnx", "ONNX graphs") == 'note: ONNX graphs skipped: onnx, onnxscript, onnxruntime not installed (pip install "mvclip[onnx]")'
     spec = sweep.Sweep(name="x", base="recipes/small.yaml", description="", seeds=[0], checkpoint="last", overrides={},
                        variants={"a": {}}, baseline=None, path=tmp_path / "x.yaml")
     assert sweep.write_plot(tmp_path / "plot.png", spec, []) is None and not (tmp_path / "plot.png").exists()

@@ -42,8 +42,8 @@ def test_even_kernels_and_ragged_batches_are_refused():
 
 
 @pytest.mark.parametrize("frames", [1, 2, 8])
-def test_fused_temporal_mixer_eager_kernel_equals_its_exported_conv3d(frames):
-    """Eager runs the shifted multiply-adds, traced graphs the Conv3d: the same numbers, borders included."""
+def test_fused_temporal_mixer_eager_kernel_equals_its_traced_conv(frames):
+    """Eager runs the shifted multiply-adds, traced graphs the (K x 1) Conv2d form: the same numbers, borders included."""
     from mvclip.blocks.st_repmixer import TemporalMixer
     from mvclip.testing import randomize_for_fusion_
 
@@ -55,3 +55,36 @@ def test_fused_temporal_mixer_eager_kernel_equals_its_exported_conv3d(frames):
     traced = torch.jit.trace(lambda inp: mixer(inp, frames), (x,), check_trace=False)(x)
     torch.testing.assert_close(eager, traced, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(eager, unfused, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("frames", [1, 3, 8])
+def test_torch_export_takes_the_conv_path_and_matches_eager_at_every_clip_length(frames):
+    """torch.export (what the ONNX, ExecuTorch and Core ML targets start from) must not record the eager kernel's
+    in-place slice updates: its graph holds one convolution and matches eager (a symbolic clip length is checked on
+    the whole model, tests/test_export_targets.py)."""
+    from mvclip.blocks.st_repmixer import TemporalMixer
+    from mvclip.layers import temporal_conv
+    from mvclip.testing import randomize_for_fusion_
+
+    mixer = randomize_for_fusion_(TemporalMixer(8, 3, init="active"), seed=frames).eval()
+    mixer.reparameterize()
+    seen = []
+
+    class Clip(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mixer = mixer
+
+        def forward(self, clip):  # (B, T, C, H, W), the clip length read from the shape as the video encoder does
+            b, t = clip.shape[:2]
+            seen.append(temporal_conv.eager())
+            return self.mixer(clip.flatten(0, 1), t).unflatten(0, (b, t))
+
+    x = torch.randn(2, frames, 8, 5, 5)
+    program = torch.export.export(Clip(), (x,))
+    assert seen == [False], "eager() must be False while torch.export traces"
+    ops = [str(n.target) for n in program.graph.nodes if n.op == "call_function"]
+    assert sum("convolution" in op or "conv2d" in op for op in ops) == 1
+    assert not any("copy_" in op or "slice_scatter" in op or "addcmul" in op for op in ops), ops
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x), Clip()(x), rtol=1e-6, atol=1e-6)

@@ -81,15 +81,24 @@ class FuseExport(Callback):
     vs fused CPU latency, the checkpoint's validation results, training time and peak memory. The
     first validation batch (held out from training) is what the fused model is verified on. A
     mismatch raises `mvclip.export.ExportError` naming the block, and nothing is written.
+
+    `formats` names the deployment targets (`onnx`, `executorch`, `coreml`; docs/deploy.md; default: ONNX unless
+    `onnx: false`) and `clip_lengths` the clip lengths their video graphs are exported for and checked at.
     """
 
-    def __init__(self, checkpoints: list[str] | None = None, onnx: bool = True, latency_repeats: int = 10, held_out: int = 4) -> None:
+    def __init__(self, checkpoints: list[str] | None = None, onnx: bool = True, latency_repeats: int = 10, held_out: int = 4,
+                 formats: list[str] | None = None, clip_lengths: list[int] | None = None) -> None:
         super().__init__()
         self.checkpoints = list(checkpoints or ["best", "last"])
         unknown = set(self.checkpoints) - {"best", "last"}
         if unknown:
             raise ValueError(f"FuseExport.checkpoints: expected 'best' and/or 'last', got {sorted(unknown)}")
         self.onnx, self.latency_repeats, self.held_out = onnx, latency_repeats, held_out
+        if formats is not None:
+            from mvclip.export_targets import check_formats
+
+            formats = check_formats(formats)  # an unknown format or a missing extra fails before training, not after
+        self.formats, self.clip_lengths = formats, list(clip_lengths) if clip_lengths else None
         self.inputs: dict[str, torch.Tensor] | None = None
         self.exports: dict[str, Path] = {}
         self._start: float | None = None
@@ -156,7 +165,8 @@ class FuseExport(Callback):
         for kind, path in self._targets(trainer).items():
             try:
                 out, metrics = export_checkpoint(
-                    pl_module, path, inputs, kind=kind, extra_metrics={"train": train}, onnx=self.onnx, latency_repeats=self.latency_repeats
+                    pl_module, path, inputs, kind=kind, extra_metrics={"train": train}, onnx=self.onnx, latency_repeats=self.latency_repeats,
+                    formats=self.formats, clip_lengths=self.clip_lengths,
                 )
             except ExportTargetError as error:  # e.g. someone else's files where the export would go: left alone
                 print(f"export ({kind}) not written: {error}", file=sys.stderr)

@@ -28,7 +28,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ from mvclip.errors import CheckpointError
 from mvclip.export_folder import MARKER_NAME, ExportTargetError, check_export_target, replace_export, write_marker
 from mvclip.export_measure import count_flops, interleaved_latency_ms, measure
 from mvclip.export_onnx import ONNX_MAX_ABS_DIFF, ONNX_OPSET, export_onnx
+from mvclip.export_targets import FORMATS, Quantize, check_formats, export_targets
 from mvclip.extras import installed, missing_note
 from mvclip.fusion import compare_outputs, fuse
 from mvclip.model import VideoTextModel
@@ -52,7 +53,7 @@ from mvclip.export_verify import (
 )
 
 __all__ = [
-    "EXPORT_FILES", "MAX_ABS_DIFF", "MIN_COSINE", "ONNX_MAX_ABS_DIFF", "ONNX_OPSET", "Check", "ExportError",
+    "EXPORT_FILES", "FORMATS", "MAX_ABS_DIFF", "Quantize", "MIN_COSINE", "ONNX_MAX_ABS_DIFF", "ONNX_OPSET", "Check", "ExportError",
     "count_flops", "export_checkpoint", "export_dir_for", "export_model", "export_onnx", "fused_config",
     "interleaved_latency_ms", "load_export", "locate_fusion_failure", "measure", "model_from_checkpoint",
     "random_inputs", "read_checkpoint", "unfolded_layers", "verify_fused",
@@ -99,15 +100,26 @@ def export_model(
     onnx: bool = True,
     latency_repeats: int = 10,
     checkpoint: str | os.PathLike[str] | None = None,
+    formats: Sequence[str] | None = None,
+    clip_lengths: Sequence[int] | None = None,
+    quantize: Quantize | None = None,
 ) -> dict[str, Any]:
     """Fuse a copy of `model`, verify it on `inputs` ({"video": (B,T,3,H,W), "text": (B,L)}), write the folder.
 
     `model` itself is not changed (it is deep-copied before anything is put in eval mode). `out_dir` must be new,
     empty or an earlier export, and must not hold `checkpoint` (`ExportTargetError` otherwise, before any work).
+    `formats` are the deployment targets (`mvclip.export_targets.FORMATS`; default: ONNX unless `onnx=False`, skipped
+    with a note when its extra is missing); a target named here whose extra is missing is an error. `clip_lengths` are
+    the clip lengths the video graphs are exported for and checked at (default: the held-out batch's). `quantize` adds
+    int8 graphs to the targets that have a quantizer, refused by its retrieval gate (`mvclip.export_gate`) unless overridden.
     Returns the metrics written to `metrics.json`.
     """
     from safetensors.torch import save_file
 
+    explicit = formats is not None
+    formats = check_formats(formats if explicit else (["onnx"] if onnx else []), require_extras=explicit)
+    if quantize is not None and not set(formats) & {"onnx", "executorch"}:
+        raise ValueError(f"quantize int8: needs an onnx or executorch target (formats: {', '.join(formats) or 'none'})")
     out_dir = Path(out_dir)
     protect = [checkpoint] if checkpoint is not None else []
     check_export_target(out_dir, protect)
@@ -131,20 +143,23 @@ def export_model(
                 if not check.ok:
                     raise ExportError(f"the export folder does not rebuild the fused model: {check}")
                 checks.append(check)
-        if onnx and not installed("onnx"):
+        targets: dict[str, Any] = {}
+        if not explicit and onnx and not installed("onnx"):
             print(missing_note("onnx", "ONNX graphs"), file=sys.stderr)
-        elif onnx:
-            checks += export_onnx(rebuilt, inputs, tmp)
+        elif formats:
+            target_checks, targets = export_targets(rebuilt, inputs, tmp, formats, clip_lengths, quantize)
+            checks += target_checks
         metrics: dict[str, Any] = dict(extra_metrics or {})
         metrics.update(measure(reference, fused, inputs["video"], inputs.get("text"), latency_repeats))
         metrics["input"] = {"frames": int(inputs["video"].shape[1]), "resolution": int(inputs["video"].shape[-1])}
         metrics["checks"] = [asdict(c) for c in checks]
+        metrics["targets"] = targets
         metrics["files"] = sorted(p.name for p in tmp.iterdir())
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         write_marker(tmp, checkpoint)
         tmp.chmod(0o755)  # mkdtemp makes it private; an export is meant to be shared
-        for file in tmp.iterdir():
-            file.chmod(0o644)
+        for path in tmp.rglob("*"):  # packages that are folders (.mlpackage) included
+            path.chmod(0o755 if path.is_dir() else 0o644)
         check_export_target(out_dir, protect)  # again: the folder may have changed while we verified
         replace_export(tmp, out_dir)
     except OSError as error:
@@ -217,6 +232,9 @@ def export_checkpoint(
     extra_metrics: Mapping[str, Any] | None = None,
     onnx: bool = True,
     latency_repeats: int = 10,
+    formats: Sequence[str] | None = None,
+    clip_lengths: Sequence[int] | None = None,
+    quantize: Quantize | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Export one checkpoint of a `VideoTextModule` (its model is the template; it is not modified)."""
     ckpt = read_checkpoint(checkpoint)
@@ -233,6 +251,6 @@ def export_checkpoint(
     metrics = export_model(
         model, module.model_config, out, inputs, config_dir=module.model_config_dir,
         preprocess=ckpt.get("mvclip_preprocess"), extra_metrics=metrics, onnx=onnx, latency_repeats=latency_repeats,
-        checkpoint=checkpoint,
+        checkpoint=checkpoint, formats=formats, clip_lengths=clip_lengths, quantize=quantize,
     )
     return out, metrics

@@ -53,9 +53,20 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def _listing(folder: Path) -> list[str]:
+    """Every file under `folder` by relative POSIX path: packages that are folders (Core ML's `.mlpackage`) are
+    listed file by file, so a file someone adds inside one is still recognized as not ours."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() or p.is_symlink())
+
+
+def _safe_name(name: str) -> bool:
+    parts = name.split("/")
+    return bool(name) and not name.startswith("/") and all(part not in ("", ".", "..") for part in parts)
+
+
 def write_marker(folder: Path, checkpoint: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Record every file now in `folder` (and the marker itself) as written by this export."""
-    files = sorted(p.name for p in folder.iterdir() if p.name != MARKER_NAME) + [MARKER_NAME]
+    files = [name for name in _listing(folder) if name != MARKER_NAME] + [MARKER_NAME]
     marker = {
         "format": MARKER_FORMAT,
         "version": MARKER_VERSION,
@@ -100,12 +111,26 @@ def check_export_target(out: str | os.PathLike[str], protect: Iterable[str | os.
             "never deletes what it did not write. Choose a new or empty folder"
         )
     listed = set(marker["files"])
-    foreign = [p.name for p in entries if p.name not in listed or not p.is_file() or p.is_symlink()]
+    foreign = [p.name for p in entries if not _ours(out, p, listed)]
     if foreign:
         raise ExportTargetError(
             f"{out}: an earlier export, but it also holds {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}, "
             "which the export did not write; refusing to replace it. Move those away or choose another folder"
         )
+
+
+def _ours(out: Path, entry: Path, listed: set[str]) -> bool:
+    """A file the marker lists, or a real folder (no link) holding only listed files and folders."""
+    if entry.is_symlink():
+        return False
+    if entry.is_file():
+        return entry.name in listed
+    if not entry.is_dir():
+        return False
+    inside = list(entry.rglob("*"))
+    return bool(inside) and all(
+        not p.is_symlink() and (p.is_dir() or (p.is_file() and p.relative_to(out).as_posix() in listed)) for p in inside
+    )
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -150,9 +175,19 @@ def replace_export(tmp: Path, final: Path) -> None:
 def remove_export(folder: Path) -> None:
     """Delete an export folder's listed files and the folder; anything it does not list is left where it is."""
     marker = read_marker(folder)
+    parents: set[Path] = set()
     for name in marker["files"] if marker else []:
-        if "/" not in name and name not in ("", ".", ".."):
-            (folder / name).unlink(missing_ok=True)
+        if _safe_name(name):
+            path = folder / name
+            if not path.is_symlink() and path.is_dir():
+                continue
+            path.unlink(missing_ok=True)
+            parents.update(p for p in path.parents if folder in p.parents)
+    for parent in sorted(parents, key=lambda p: len(p.parts), reverse=True):  # folders of listed files, deepest first
+        try:
+            parent.rmdir()
+        except OSError:
+            pass  # not empty: something we did not write is in it
     try:
         folder.rmdir()
     except OSError:

@@ -1,4 +1,5 @@
-"""Optional dependencies (`pip install "mvclip[onnx]"`, `"mvclip[plot]"`, `[search]`, `[serve]`, `[hub]`): what is
+"""Optional dependencies (`pip install "mvclip[onnx]"`, `"mvclip[plot]"`, `[search]`, `[serve]`, `[hub]`, and the
+on-device targets `[executorch]`, `[coreml]`, both as `[deploy]`): what is
 installed, the one-line note a feature prints when it is skipped for want of one, and the one-line error of a
 feature that cannot run without one (`require`)."""
 from __future__ import annotations
@@ -8,11 +9,13 @@ import importlib.util
 from mvclip.errors import MissingExtraError
 
 EXTRAS = {
-    "onnx": ("onnx", "onnxruntime"),
+    "onnx": ("onnx", "onnxscript", "onnxruntime"),  # onnxscript: torch.onnx.export(dynamo=True) needs it
     "plot": ("matplotlib",),
     "search": ("faiss",),                 # approximate search for large video indexes (faiss-cpu)
     "serve": ("starlette", "uvicorn"),    # `python -m mvclip serve`
     "hub": ("huggingface_hub",),          # pretrained= names resolved in the Hugging Face cache
+    "executorch": ("executorch",),        # `export --format executorch` (.pte, XNNPACK) and its int8
+    "coreml": ("coremltools",),           # `export --format coreml` (.mlpackage)
 }
 PIP_NAMES = {"faiss": "faiss-cpu", "huggingface_hub": "huggingface_hub"}
 

@@ -8,8 +8,11 @@ import torch.nn.functional as F
 
 
 def resample_frames(table: torch.Tensor, frames: int) -> torch.Tensor:
-    """A (T, C) per-frame table at another clip length, by linear interpolation (itself when T == frames)."""
-    if frames == table.shape[0]:
+    """A (T, C) per-frame table at another clip length, by linear interpolation (itself when T == frames).
+
+    A symbolic clip length (a graph exported with a dynamic T) always interpolates: comparing it with T would pin the
+    graph to T frames, and linear interpolation to the same length is exactly the identity."""
+    if not isinstance(frames, torch.SymInt) and frames == table.shape[0]:
         return table
     resampled = F.interpolate(table.t().unsqueeze(0), size=frames, mode="linear", align_corners=False)
     return resampled[0].t()

@@ -5,6 +5,11 @@ The video encoder keeps clips as (B*T, C, H, W). A `Conv3d` with a (K, 1, 1) dep
 1 x 1 in space is a weighted sum of time-shifted copies of the same map, so it can run on the free
 (B, T, C, H, W) view as K shifted multiply-adds, with zero padding at the clip borders exactly as the
 `Conv3d` definition has it (`tests/test_temporal_conv.py` checks borders and T = 1..16).
+
+Exported graphs (tracing, `torch.export`, `torch.onnx.export`, `torch.compile`) take `temporal_conv_graph` instead: the
+same kernel as a (K x 1) depthwise `Conv2d` over (B, C, T, H*W). In-place slice updates export poorly, and a 3-D
+convolution is not something every runtime has: ExecuTorch's XNNPACK delegate takes no Conv3d and its portable
+kernels refuse 5-D inputs (measured, docs/deploy.md), while a 2-D depthwise conv runs everywhere.
 """
 from __future__ import annotations
 
@@ -12,9 +17,10 @@ import torch
 
 
 def eager() -> bool:
-    """True outside tracing, `torch.export` and `torch.compile`: where the shifted multiply-adds are the faster kernel,
-    while exported graphs keep the `Conv3d` that ONNX, ExecuTorch and Core ML lower to their own kernels."""
-    return not (torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export())
+    """True outside tracing, `torch.export`, ONNX export and `torch.compile`: where the shifted multiply-adds are the
+    faster kernel, while exported graphs take the `Conv2d` form that ONNX, ExecuTorch and Core ML all lower."""
+    exporting = torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
+    return not (exporting or torch.jit.is_tracing() or torch.compiler.is_compiling())
 
 
 def temporal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, frames: int) -> torch.Tensor:
@@ -42,3 +48,13 @@ def temporal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
         else:
             out[:, -shift:] = torch.addcmul(out[:, -shift:], clip[:, : frames + shift], tap)
     return out.view(n, channels, height, width)
+
+
+def temporal_conv_graph(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, frames: int) -> torch.Tensor:
+    """(B*T, C, H, W) -> (B*T, C, H, W), the same numbers as `temporal_depthwise_conv`, as one depthwise (K x 1)
+    `Conv2d` over (B, C, T, H*W): the form exported graphs keep (any clip length, symbolic ones included)."""
+    n, channels, height, width = x.shape
+    taps = weight.reshape(channels, 1, -1, 1)
+    clip = x.reshape(n // frames, frames, channels, height * width).permute(0, 2, 1, 3)
+    out = torch.nn.functional.conv2d(clip, taps, bias, padding=(taps.shape[2] // 2, 0), groups=channels)
+    return out.permute(0, 2, 1, 3).reshape(n, channels, height, width)
