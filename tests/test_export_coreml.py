@@ -8,11 +8,10 @@ import torch
 
 pytest.importorskip("coremltools")
 
-from mvclip.export import ExportError, export_model, random_inputs  # noqa: E402
+from mvclip.export import export_model, random_inputs  # noqa: E402
 from mvclip.export_folder import ExportTargetError, check_export_target  # noqa: E402
-from mvclip.registry import register_block  # noqa: E402
 
-from test_export_targets import _DivergesWhenExported, _random_model  # noqa: E402
+from test_export_targets import _random_model, assert_divergent_graph_refused  # noqa: E402
 
 
 def test_coreml_packages_have_fixed_shapes_fp16_weights_and_a_matching_graph(tmp_path, tiny_model_config):
@@ -43,12 +42,7 @@ def test_coreml_packages_have_fixed_shapes_fp16_weights_and_a_matching_graph(tmp
 
 
 def test_a_coreml_graph_that_differs_is_refused_naming_the_package(tmp_path, tiny_model_config, isolated_registry):
-    register_block("diverges_when_exported")(_DivergesWhenExported)
-    tiny_model_config["video"]["stages"].insert(2, {"block": "diverges_when_exported", "dim": 32})
-    tiny_model_config.pop("text")
-    with pytest.raises(ExportError, match=r"video\.mlpackage: differs from the PyTorch fused model on coreml/video/graph/frames4"):
-        export_model(_random_model(tiny_model_config), tiny_model_config, tmp_path / "exp", random_inputs(4, 64), formats=["coreml"], latency_repeats=1)
-    assert list(tmp_path.iterdir()) == []
+    assert_divergent_graph_refused(tmp_path, tiny_model_config, "coreml", r"video\.mlpackage: differs from the PyTorch fused model on coreml/video/graph/frames4", video_only=True)
 
 
 def test_reexporting_over_an_export_with_packages_replaces_them(tmp_path, tiny_model_config):

@@ -6,12 +6,11 @@ import torch
 
 pytest.importorskip("executorch.runtime")
 
-from mvclip.export import ExportError, export_model, random_inputs  # noqa: E402
+from mvclip.export import export_model, random_inputs  # noqa: E402
 from mvclip.export_executorch import load, set_threads, thread_count  # noqa: E402
 from mvclip.fusion import fuse  # noqa: E402
-from mvclip.registry import register_block  # noqa: E402
 
-from test_export_targets import _DivergesWhenExported, _random_model  # noqa: E402
+from test_export_targets import _random_model, assert_divergent_graph_refused  # noqa: E402
 
 
 @pytest.mark.slow  # two XNNPACK lowerings of ~20 s each on one shared core
@@ -47,12 +46,7 @@ def test_executorch_programs_of_both_encoders_match_pytorch_at_each_clip_length(
 
 @pytest.mark.slow
 def test_an_executorch_program_that_differs_is_refused_naming_it(tmp_path, tiny_model_config, isolated_registry):
-    register_block("diverges_when_exported")(_DivergesWhenExported)
-    tiny_model_config["video"]["stages"].insert(2, {"block": "diverges_when_exported", "dim": 32})
-    tiny_model_config.pop("text")
-    with pytest.raises(ExportError, match=r"video\.pte: differs from the PyTorch fused model on executorch/video/frames4"):
-        export_model(_random_model(tiny_model_config), tiny_model_config, tmp_path / "exp", random_inputs(4, 64), formats=["executorch"], latency_repeats=1)
-    assert list(tmp_path.iterdir()) == []
+    assert_divergent_graph_refused(tmp_path, tiny_model_config, "executorch", r"video\.pte: differs from the PyTorch fused model on executorch/video/frames4", video_only=True)
 
 
 @pytest.mark.slow  # float and int8 lowerings of both encoders: about two minutes on one shared core

@@ -55,13 +55,21 @@ class _DivergesWhenExported(nn.Module):
         return x * 1.5 if torch.compiler.is_exporting() else x
 
 
-def test_a_graph_that_differs_from_pytorch_is_refused_naming_it_and_nothing_is_written(tmp_path, tiny_model_config, isolated_registry):
+def assert_divergent_graph_refused(tmp_path, config, target: str, message: str, video_only: bool = False) -> None:
+    """Export a model holding `_DivergesWhenExported` to `target` (needs the `isolated_registry` fixture): refused with
+    `message`, and nothing written, not even a temporary folder. Shared by every target's test."""
     register_block("diverges_when_exported")(_DivergesWhenExported)
-    tiny_model_config["video"]["stages"].insert(2, {"block": "diverges_when_exported", "dim": 32})
-    model = _random_model(tiny_model_config)
-    with pytest.raises(ExportError, match=r"video\.onnx: differs from the PyTorch fused model on onnx/video: max \|diff\| [0-9.e-]+ \(limit 0\.0001\)"):
-        export_model(model, tiny_model_config, tmp_path / "exp", random_inputs(4, 64), formats=["onnx"], latency_repeats=1)
+    config["video"]["stages"].insert(2, {"block": "diverges_when_exported", "dim": 32})
+    if video_only:
+        config.pop("text")
+    with pytest.raises(ExportError, match=message):
+        export_model(_random_model(config), config, tmp_path / "exp", random_inputs(4, 64), formats=[target], latency_repeats=1)
     assert list(tmp_path.iterdir()) == [], "a refused export writes nothing, not even a temporary folder"
+
+
+def test_a_graph_that_differs_from_pytorch_is_refused_naming_it_and_nothing_is_written(tmp_path, tiny_model_config, isolated_registry):
+    assert_divergent_graph_refused(tmp_path, tiny_model_config, "onnx",
+                                   r"video\.onnx: differs from the PyTorch fused model on onnx/video: max \|diff\| [0-9.e-]+ \(limit 0\.0001\)")
 
 
 def test_formats_are_checked_and_a_named_target_needs_its_extra(monkeypatch):
