@@ -28,7 +28,7 @@ class TemporalPositionalCPE(RepCPE):
     def __init__(self, dim: int, num_frames: int = 8, kernel_size: int = 7, inference_mode: bool = False,
                  tpe_init_std: float = 0.0) -> None:
         super().__init__(dim, kernel_size, inference_mode)
-        if not tpe_init_std >= 0:
+        if isinstance(tpe_init_std, bool) or not isinstance(tpe_init_std, (int, float)) or not tpe_init_std >= 0:
             raise ValueError(f"tpe_init_std must be a number >= 0, got {tpe_init_std!r}")
         self.num_frames = num_frames
         self.tpe = nn.Parameter(torch.zeros(num_frames, dim))

@@ -128,3 +128,5 @@ def test_tpe_starts_at_zero_for_inflation_unless_an_init_std_is_given(std):
         assert torch.count_nonzero(tpe) == 0
     with pytest.raises(ValueError, match="tpe_init_std"):
         mvclip.build_block({"block": "tpe_cpe", "dim": 8, "tpe_init_std": -1.0})
+    with pytest.raises(ValueError, match="tpe_init_std must be a number >= 0, got 'big'"):
+        mvclip.build_block({"block": "tpe_cpe", "dim": 8, "tpe_init_std": "big"})
