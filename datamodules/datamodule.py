@@ -61,6 +61,8 @@ class VideoTextDataModule(LightningDataModule):
         resampled: draw training shards with replacement (large corpora; no shard-count limit).
         epoch_samples: samples in one training epoch over all ranks (default: the manifest's
             total); the epoch has ``epoch_samples // (world_size * batch_size)`` batches per rank.
+            Required for remote training shards whose counts are unknown (no ``manifest.json`` or
+            video2dataset ``_stats.json`` beside them): they are never downloaded just to count them.
         max_bad_fraction: share of skipped samples above which loading fails.
         decode_threads: decoder threads per worker (default: cores // workers).
         bad_check_min_samples: samples seen before the running bad share is checked mid-epoch.
@@ -191,7 +193,11 @@ class VideoTextDataModule(LightningDataModule):
         for split in wanted.get(stage or "", ("train", "val", "test")):
             pattern = self.paths.get(split)
             if pattern and split not in self.shards:
-                self.shards[split] = list_shards(pattern)
+                self.shards[split] = self._list(split, pattern)
+
+    def _list(self, split: str, pattern: str) -> list[Shard]:
+        """The split's shards; ``epoch_samples`` stands in for the counts of remote training shards that have none."""
+        return list_shards(pattern, self.epoch_samples if split == "train" else None, where=f"data.{split}")
 
     # -- loaders -----------------------------------------------------------------------------
     def _dataset(self, split: str, train: bool) -> ShardDataset:
@@ -199,7 +205,7 @@ class VideoTextDataModule(LightningDataModule):
         if not pattern:
             raise ConfigError(f"data.{split}: no shard pattern configured (and synthetic is off)")
         if split not in self.shards:
-            self.shards[split] = list_shards(pattern)
+            self.shards[split] = self._list(split, pattern)
         threads = self.decode_threads or default_thread_count(self.num_workers)
         decoder = SampleDecoder(
             transform=VideoTransform(

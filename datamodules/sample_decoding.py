@@ -17,6 +17,7 @@ from .decode import DecodeError, VideoReader
 from .sampling import sample_indices
 from .shard_format import TEACHER_EXTENSION, video_member
 from .transforms import VideoTransform
+from .video2dataset import captions_of
 
 
 Tokenizer = Callable[[Sequence[str]], torch.Tensor]
@@ -85,6 +86,8 @@ class SampleDecoder:
         if not isinstance(meta, dict):
             raise BadSample("bad_json", f"{name}: expected a JSON object, found {type(meta).__name__}")
         captions = meta.get("captions")
+        if captions is None:  # video2dataset's layout: `<key>.txt` or json "caption"
+            captions = captions_of(raw, meta)
         if not isinstance(captions, list):
             raise BadSample("no_captions", f"{name}: 'captions' missing or not a list")
         captions = [c for c in captions if isinstance(c, str) and c.strip()]

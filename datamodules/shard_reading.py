@@ -1,19 +1,26 @@
 """Finding shards and reading them: a pattern or a folder -> `Shard`s with sample counts; one tar -> raw samples.
 
-Sample counts come from `manifest.json` where there is one (`shard_format`); a damaged tar yields the samples before
-the damage and is counted once as `truncated_shard` (:mod:`.bad_samples`).
+Sample counts come from `manifest.json` where there is one (`shard_format`), else from video2dataset's stats files
+(:mod:`.video2dataset`); remote shards (:mod:`.remote_files`) are never downloaded just to count them. A damaged tar
+yields the samples before the damage and is counted once as `truncated_shard` (:mod:`.bad_samples`).
 """
 from __future__ import annotations
 
 import re
 import tarfile
+import tempfile
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from mvclip.errors import ConfigError
+
 from .bad_samples import BadSampleCounter
+from .remote_files import fetch_small, is_remote, open_stream, shard_basename, shard_stem, sibling
 from .shard_format import MANIFEST_NAME, read_manifest
+from .video2dataset import STATS_SUFFIX, is_failed_download, samples_from_stats, stats_name
 
 
 # --------------------------------------------------------------------------------------------
@@ -25,64 +32,142 @@ class Shard:
     samples: int
 
 
-def _is_remote(url: str) -> bool:
-    return bool(re.match(r"^[a-z][a-z0-9+.-]*:", url)) and not re.match(r"^[A-Za-z]:[\\/]", url)
+_is_remote = is_remote  # the old private name, kept for callers
 
 
 def count_samples(url: str) -> int:
-    """Distinct keys in a tar (used only for shards that no manifest lists)."""
+    """Distinct keys in a tar (used only for local shards that no manifest or stats file counts)."""
     keys = set()
     for sample in iter_tar(url, BadSampleCounter()):
         keys.add(sample["__key__"])
     return len(keys)
 
 
-def list_shards(pattern: str) -> list[Shard]:
-    """Shards of a pattern: a directory with a manifest, or brace-expanded paths/URLs.
+def list_shards(pattern: str, epoch_samples: int | None = None, *, where: str = "shard pattern") -> list[Shard]:
+    """Shards of a pattern with their sample counts: a folder (with ``manifest.json``, or video2dataset's
+    ``*.tar`` + ``*_stats.json``), or brace-expanded paths/URLs joined with ``::``.
 
-    Sample counts come from ``manifest.json`` next to the shards when there is one; other shards
-    are counted by reading them once.
+    Counts come from ``manifest.json`` beside the shards, else from video2dataset's ``<shard>_stats.json``. Local
+    shards neither counts are counted by reading them once. Remote shards are never downloaded here: with neither
+    file, each gets an even share of ``epoch_samples`` (a weight for splitting the epoch's work; training only), and
+    without ``epoch_samples`` that is a ConfigError naming ``where`` and the pattern.
     """
     from braceexpand import braceexpand
 
-    if not _is_remote(pattern) and Path(pattern).is_dir():
-        manifest = read_manifest(pattern)
-        shards = [Shard(str(Path(pattern) / s["name"]), int(s["samples"])) for s in manifest["shards"]]
-        if not shards:
-            raise FileNotFoundError(f"{pattern}/{MANIFEST_NAME} lists no shards")
-        return shards
+    if not is_remote(pattern) and Path(pattern).is_dir():
+        return _list_folder(Path(pattern))
     urls = [u for part in pattern.split("::") for u in braceexpand(part)]
     if not urls:
         raise FileNotFoundError(f"shard pattern {pattern!r} expands to no paths")
     counts: dict[str, int] = {}
-    for parent in {str(Path(u).parent) for u in urls if not _is_remote(u)}:
+    for parent in {str(Path(u).parent) for u in urls if not is_remote(u)}:
         if (Path(parent) / MANIFEST_NAME).is_file():
             for s in read_manifest(parent)["shards"]:
                 counts[str(Path(parent) / s["name"])] = int(s["samples"])
-    missing = [u for u in urls if not _is_remote(u) and not Path(u).is_file()]
+    missing = [u for u in urls if not is_remote(u) and not Path(u).is_file()]
     if missing:
         raise FileNotFoundError(
             f"shard pattern {pattern!r}: {len(missing)} of {len(urls)} shards do not exist, e.g. {missing[0]}"
         )
+    remote = [u for u in urls if is_remote(u)]
+    manifest_urls = _remote_counts(remote, counts) if remote else []
+    unknown = [u for u in remote if u not in counts]
+    if unknown:
+        if not epoch_samples:
+            tried = manifest_urls[0] if manifest_urls else f"beside {unknown[0]}"
+            raise ConfigError(
+                f"{where}: {pattern!r}: sample counts of {len(unknown)} remote shards are unknown (no {MANIFEST_NAME} "
+                f"at {tried}, no <shard>{STATS_SUFFIX}) and shards are not downloaded to count them; write a "
+                f"{MANIFEST_NAME} beside them (docs/data.md, 'Remote shards') or, for training, set data.epoch_samples"
+            )
+        share = max(1, epoch_samples // len(urls))
+        counts.update({u: share for u in unknown})
     out = []
     for u in urls:
-        key = str(Path(u)) if not _is_remote(u) else u
-        out.append(Shard(u, counts[key] if key in counts else count_samples(u)))
+        key = u if is_remote(u) else str(Path(u))
+        out.append(Shard(u, counts[key] if key in counts else _count_local(u)))
     return out
+
+
+def _list_folder(folder: Path) -> list[Shard]:
+    """A local shard folder: ours (``manifest.json``), or video2dataset's (``*.tar`` with ``*_stats.json``)."""
+    if not (folder / MANIFEST_NAME).is_file():
+        tars = sorted(folder.glob("*.tar"))
+        if tars and any((folder / stats_name(t.stem)).is_file() for t in tars):
+            return [Shard(str(t), _count_local(str(t))) for t in tars]
+    manifest = read_manifest(folder)  # a folder with neither: its error says how to build shards
+    shards = [Shard(str(folder / s["name"]), int(s["samples"])) for s in manifest["shards"]]
+    if not shards:
+        raise FileNotFoundError(f"{folder}/{MANIFEST_NAME} lists no shards")
+    return shards
+
+
+def _count_local(path: str) -> int:
+    """A local shard's samples: its video2dataset stats file when there is one, else counted by reading it."""
+    stem = shard_stem(path)
+    stats = Path(path).parent / stats_name(stem) if stem else None
+    if stats is not None and stats.is_file():
+        return samples_from_stats(stats.read_bytes(), str(stats))
+    return count_samples(path)
+
+
+def _remote_counts(urls: list[str], counts: dict[str, int]) -> list[str]:
+    """Fill ``counts`` for remote shards from the manifest of each folder (one small fetch per folder), else from
+    video2dataset stats files (tried once per folder, then fetched for all its shards). Returns the manifest URLs
+    that were tried and not found."""
+    folders: dict[str | None, list[str]] = {}
+    for u in urls:
+        folders.setdefault(sibling(u, MANIFEST_NAME), []).append(u)
+    absent = []
+    for manifest_url, members in folders.items():
+        if manifest_url is None:
+            continue
+        data = fetch_small(manifest_url)
+        if data is None:
+            absent.append(manifest_url)
+            continue
+        listed = {s["name"]: int(s["samples"]) for s in _parse_manifest(data, manifest_url)["shards"]}
+        for u in members:
+            name = shard_basename(u)
+            if name in listed:
+                counts[u] = listed[name]
+    for members in folders.values():
+        todo = [u for u in members if u not in counts]
+        stats_urls = {u: _stats_url(u) for u in todo}
+        todo = [u for u in todo if stats_urls[u] is not None]
+        if not todo:
+            continue
+        first = fetch_small(stats_urls[todo[0]])  # type: ignore[arg-type]
+        if first is None:
+            continue  # not a video2dataset folder: do not ask for every shard's stats
+        counts[todo[0]] = samples_from_stats(first, stats_urls[todo[0]])  # type: ignore[arg-type]
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            for u, data in zip(todo[1:], pool.map(fetch_small, [stats_urls[u] for u in todo[1:]])):
+                if data is not None:
+                    counts[u] = samples_from_stats(data, stats_urls[u])  # type: ignore[arg-type]
+    return absent
+
+
+def _stats_url(url: str) -> str | None:
+    stem = shard_stem(url)
+    return sibling(url, stats_name(stem)) if stem else None
+
+
+def _parse_manifest(data: bytes, url: str) -> dict[str, Any]:
+    """Check a fetched manifest with the same rules as a local one; errors name the URL."""
+    with tempfile.TemporaryDirectory(prefix="mvclip-manifest-") as tmp:
+        path = Path(tmp) / MANIFEST_NAME
+        path.write_bytes(data)
+        try:
+            return read_manifest(tmp)
+        except ValueError as err:
+            raise ValueError(str(err).replace(str(path), url)) from None
 
 
 # --------------------------------------------------------------------------------------------
 # Reading one shard
 # --------------------------------------------------------------------------------------------
 _MEMBER = re.compile(r"^((?:.*/)?[^./]+)\.([^/]+)$")  # key = path up to the first dot of the basename
-
-
-def _open(url: str):
-    if _is_remote(url):
-        import webdataset as wds
-
-        return wds.gopen(url, "rb")
-    return open(url, "rb")
 
 
 def iter_tar(url: str, counter: BadSampleCounter) -> Iterator[dict[str, Any]]:
@@ -93,7 +178,7 @@ def iter_tar(url: str, counter: BadSampleCounter) -> Iterator[dict[str, Any]]:
     """
     current: dict[str, Any] | None = None
     try:
-        with _open(url) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
+        with open_stream(url) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
             for member in tar:
                 if not member.isfile():
                     continue
@@ -104,7 +189,8 @@ def iter_tar(url: str, counter: BadSampleCounter) -> Iterator[dict[str, Any]]:
                 f = tar.extractfile(member)
                 data = f.read() if f is not None else b""
                 if current is not None and current["__key__"] != key:
-                    yield current
+                    if not is_failed_download(current):
+                        yield current
                     current = None
                 if current is None:
                     current = {"__key__": key, "__shard__": url}
@@ -112,5 +198,5 @@ def iter_tar(url: str, counter: BadSampleCounter) -> Iterator[dict[str, Any]]:
     except (tarfile.TarError, EOFError, OSError, zlib.error):
         counter.add("truncated_shard", url)
         current = None  # its last member may be cut short
-    if current is not None:
+    if current is not None and not is_failed_download(current):
         yield current
