@@ -327,3 +327,6 @@ def read_annotations(path: str | os.PathLike[str], videos_dir: str | os.PathLike
         raise AnnotationError(f"{path}: no samples in it (a {fmt} file with no rows or records, e.g. a CSV header alone); "
                               "expected at least one annotated video")
     return clips
+
+
+from . import benchmark_formats  # noqa: E402,F401  registers the benchmark layouts (MSR-VTT 1k-A, DiDeMo, ...) after the above

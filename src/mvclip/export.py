@@ -246,6 +246,7 @@ def export_checkpoint(
         "step": int(ckpt.get("global_step", 0)),
         "validation": dict(ckpt.get("mvclip_validation", {})),
         "validation_step": ckpt.get("mvclip_validation_step"),
+        **({"evaluation_card": ckpt["mvclip_eval_card"]} if ckpt.get("mvclip_eval_card") else {}),  # mvclip.eval_card
         **dict(extra_metrics or {}),
     }
     metrics = export_model(

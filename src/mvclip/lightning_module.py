@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -14,6 +15,7 @@ from mvclip.checkpoints import LoadReport, load_weights
 from mvclip.contracts import no_decay_names
 from mvclip.layers.memory_format import to_channels_last
 from mvclip.errors import ConfigError
+from mvclip.eval_card import CARD_KEY, EvalCard, EvalProtocol, make_card, split_record, write_card
 from mvclip.freezing import FreezePlan, apply_freezing, plan_freezing
 from mvclip.loss import VideoTextContrastiveLoss, clamp_logit_scale_
 from mvclip.markdown import print_table
@@ -23,7 +25,7 @@ from mvclip.pretrained import PretrainedReport, declared_keys, load_pretrained
 from mvclip.resume import SPEC_KEY, check_restored_checkpoint, rescale_learning_rates
 from mvclip.schedule import warmup_cosine
 from mvclip.temporal_metrics import TemporalMetric, shuffle_order
-from mvclip.zeroshot import DEFAULT_TEMPLATES, ZeroShotAccuracy, build_classifier
+from mvclip.zeroshot import ZeroShotAccuracy, build_classifier, class_names_of, templates_of
 
 TEMPORAL_EVAL = ("reverse", "shuffle")
 
@@ -82,7 +84,10 @@ class VideoTextModule(L.LightningModule):
             wins, on top of the two above. A text tower trained from scratch beside a video tower that cannot yet
             see time drops the words the video cannot show (docs/blocks.md, "Starting the temporal branch"); a
             slower text tower keeps them.
-        zero_shot: optional `{class_names: [...], templates: [...]}` evaluated on labelled val/test batches.
+        zero_shot: optional `{class_names: [...], templates: [...]}` evaluated on labelled val/test batches; class_names
+            may be a file (one per line) or a benchmark's shards folder, templates a prompt ensemble name (`kinetics`).
+        evaluation: the benchmark protocol (`mvclip.eval_card.EvalProtocol`: benchmark, dual_softmax, dsl_scale,
+            split_hash lock, retrieval); every evaluation leaves an evaluation card (docs/evaluation.md).
         temporal_eval: order tests run at validation and test (`reverse`, `shuffle`; default both): how far a clip's
             embedding moves when its frames are reversed or shuffled (`mvclip.temporal_metrics`). Twin accuracy is
             reported whenever the evaluation samples declare a `group`, at no extra cost.
@@ -116,6 +121,7 @@ class VideoTextModule(L.LightningModule):
         lr_mult: dict[str, float] | None = None,
         zero_shot: dict[str, Any] | None = None,
         temporal_eval: list[str] | None = None,
+        evaluation: dict[str, Any] | None = None,
         gather_with_grad: bool = True,
         channels_last: bool = False,
     ) -> None:
@@ -154,8 +160,10 @@ class VideoTextModule(L.LightningModule):
         if channels_last:
             to_channels_last(self.model)
         self.loss = VideoTextContrastiveLoss(gather_with_grad=gather_with_grad)
-        self.val_retrieval = RetrievalMetric()
-        self.test_retrieval = RetrievalMetric()
+        self.evaluation = EvalProtocol.from_config(evaluation)
+        self.val_retrieval = RetrievalMetric(**self.evaluation.metric_options())
+        self.test_retrieval = RetrievalMetric(**self.evaluation.metric_options())
+        self.eval_card: EvalCard | None = None  # of the last evaluation; checkpoints carry it
         self.temporal_eval = tuple(TEMPORAL_EVAL if temporal_eval is None else temporal_eval)
         unknown = set(self.temporal_eval) - set(TEMPORAL_EVAL)
         if unknown:
@@ -270,6 +278,8 @@ class VideoTextModule(L.LightningModule):
         checkpoint["mvclip_omitted_frozen"] = sorted(skip)
         checkpoint[CHECKPOINT_KEY] = self.portable_model_config
         checkpoint[SPEC_KEY] = self.model_spec
+        if self.eval_card is not None:
+            checkpoint[CARD_KEY] = self.eval_card.to_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuses a checkpoint of another model or other settings (mvclip.resume), then fills in omitted frozen weights."""
@@ -300,7 +310,8 @@ class VideoTextModule(L.LightningModule):
         text_emb = self._encode_eval_text(batch["text"])
         keys = list(batch["key"])
         text_keys = [keys[i] for i in batch["text_video_index"].tolist()]
-        retrieval.update(video_emb, keys, text_emb, text_keys)
+        if self.evaluation.retrieval:
+            retrieval.update(video_emb, keys, text_emb, text_keys)
         if zero_shot is not None and "label" in batch:
             zero_shot.update(video_emb, batch["label"], keys)
         frames = video.shape[1]
@@ -319,14 +330,15 @@ class VideoTextModule(L.LightningModule):
         from mvclip.tokenizer import tokenize
 
         cfg = self.zero_shot_cfg or {}
-        names = list(cfg.get("class_names") or [])
-        if not names:
-            raise ConfigError("model.zero_shot.class_names: a non-empty list of class names is required")
-        templates = list(cfg.get("templates") or DEFAULT_TEMPLATES)
+        try:
+            names, templates = class_names_of(cfg.get("class_names")), list(templates_of(cfg.get("templates")))
+        except ValueError as error:
+            raise ConfigError(str(error)) from error
         encode = lambda tokens: self.model.encode_text(tokens.to(self.device))  # noqa: E731
         return build_classifier(encode, tokenize, names, templates)
 
-    def _start_eval(self, zero_shot: ZeroShotAccuracy | None) -> None:
+    def _start_eval(self, zero_shot: ZeroShotAccuracy | None, stage: str = "val") -> None:
+        self.evaluation.check_split(split_record(self._split_pattern(stage)), f"data.{stage}")
         if zero_shot is not None:
             zero_shot.set_classifier(self._zero_shot_classifier())
 
@@ -334,7 +346,11 @@ class VideoTextModule(L.LightningModule):
         self._start_eval(self.val_zero_shot)
 
     def on_test_epoch_start(self) -> None:
-        self._start_eval(self.test_zero_shot)
+        self._start_eval(self.test_zero_shot, "test")
+
+    def _split_pattern(self, stage: str) -> str | None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        return (getattr(datamodule, "paths", None) or {}).get(stage)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
         return self._eval_step(batch, self.val_retrieval, self.val_zero_shot, self.val_temporal)
@@ -344,7 +360,7 @@ class VideoTextModule(L.LightningModule):
 
     def _finish_eval(self, stage: str, retrieval: RetrievalMetric, zero_shot: ZeroShotAccuracy | None,
                      temporal: TemporalMetric) -> None:
-        results = dict(retrieval.compute())
+        results = dict(retrieval.compute()) if self.evaluation.retrieval else {}
         retrieval.reset()
         if temporal.update_called:
             results.update({f"temporal/{k}": v for k, v in temporal.compute().items()})
@@ -354,6 +370,10 @@ class VideoTextModule(L.LightningModule):
             zero_shot.reset()
         self.log_dict({f"{stage}/{k}": float(v) for k, v in results.items()}, sync_dist=False, rank_zero_only=True)
         self.last_results[stage] = {k: float(v) for k, v in results.items()}
+        self.eval_card = make_card(self.evaluation, split_record(self._split_pattern(stage)), self.model.input_spec, stage,
+                                   self.last_results[stage], int(self.global_step), self.zero_shot_cfg)
+        if stage == "test" and self.trainer.is_global_zero and self.trainer.log_dir:
+            print(f"evaluation card: {write_card(self.eval_card, Path(self.trainer.log_dir) / 'eval_card.json')}")
         if self.trainer.is_global_zero and not self.trainer.sanity_checking:
             print("\n" + print_table(results, title=f"{stage} (epoch {self.current_epoch}, step {self.global_step})"))
 

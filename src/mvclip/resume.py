@@ -7,7 +7,7 @@ otherwise be recorded but not used. The exceptions, applied and printed:
 
 - `lr`: the new learning rate wins. Every parameter group's rate and the schedule's base rates are scaled by
   new / old when training resumes, so warmup, cosine decay and the per-group multipliers keep their shape.
-- `zero_shot`, `temporal_eval`: evaluation options, used from the next validation on.
+- `zero_shot`, `temporal_eval`, `evaluation`: evaluation options, used from the next validation on.
 
 When evaluating (validate, test, predict) only what decides the weights is checked: the model config, and the files
 frozen weights were left out of the checkpoint for (`pretrained`, `init_from`).
@@ -27,6 +27,7 @@ TAKES_EFFECT = {
     "lr": "the optimizer's learning rates are rescaled to it when training resumes",
     "zero_shot": "an evaluation option, used from the next validation on",
     "temporal_eval": "an evaluation option, used from the next validation on",
+    "evaluation": "an evaluation option (benchmark protocol, dual softmax), used from the next validation on",
 }
 ARCHITECTURE = ("model", "overrides")  # compared as the resolved config they build, not as written
 WEIGHT_SOURCES = ("pretrained", "init_from")  # where frozen weights left out of the checkpoint come from

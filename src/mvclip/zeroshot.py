@@ -16,7 +16,8 @@ from torchmetrics.utilities import dim_zero_cat
 
 from mvclip.sample_keys import first_occurrence, hash_keys
 
-__all__ = ["DEFAULT_TEMPLATES", "build_classifier", "ZeroShotAccuracy"]
+__all__ = ["DEFAULT_TEMPLATES", "KINETICS_TEMPLATES", "PROMPT_ENSEMBLES", "build_classifier", "class_names_of",
+           "templates_of", "ZeroShotAccuracy"]
 
 DEFAULT_TEMPLATES: tuple[str, ...] = (
     "a video of {}.",
@@ -28,6 +29,62 @@ DEFAULT_TEMPLATES: tuple[str, ...] = (
     "a person is {}.",
     "a demonstration of {}.",
 )
+
+# Kinetics class names are mostly activities ("abseiling", "playing cello"): prompts about a person doing them, in
+# several phrasings and picture qualities, averaged per class (CLIP's ensembling; docs/evaluation.md).
+KINETICS_TEMPLATES: tuple[str, ...] = (
+    "a video of a person {}.",
+    "a video of someone {}.",
+    "a clip of people {}.",
+    "a person {}.",
+    "footage of a person {}.",
+    "a video showing {}.",
+    "an example of {}.",
+    "a close-up video of a person {}.",
+    "a blurry video of a person {}.",
+    "a low-resolution video of someone {}.",
+    "a home video of a person {}.",
+    "a short clip of {}.",
+)
+
+PROMPT_ENSEMBLES: dict[str, tuple[str, ...]] = {"default": DEFAULT_TEMPLATES, "kinetics": KINETICS_TEMPLATES}
+
+
+def templates_of(value: str | Sequence[str] | None, where: str = "model.zero_shot.templates") -> tuple[str, ...]:
+    """A prompt ensemble: a name of `PROMPT_ENSEMBLES`, a list of templates with `{}`, or None for the default."""
+    if value is None:
+        return DEFAULT_TEMPLATES
+    if isinstance(value, str):
+        if value not in PROMPT_ENSEMBLES:
+            raise ValueError(f"{where}: {value!r} is not a prompt ensemble; expected one of {', '.join(PROMPT_ENSEMBLES)} "
+                             "or a list of templates with '{}'")
+        return PROMPT_ENSEMBLES[value]
+    return tuple(str(t) for t in value)
+
+
+def class_names_of(value: str | Sequence[str] | None, where: str = "model.zero_shot.class_names") -> list[str]:
+    """Class names in label order: a list; a text file with one name per line; or a shards folder (or its
+    `manifest.json`) built with `shards --benchmark`, whose manifest records them."""
+    import json
+    from pathlib import Path
+
+    if value is None or (not isinstance(value, str) and not value):
+        raise ValueError(f"{where}: a non-empty list of class names (or a file or shards folder holding them) is required")
+    if not isinstance(value, str):
+        return [str(n) for n in value]
+    path = Path(value)
+    manifest = path / "manifest.json" if path.is_dir() else path
+    if manifest.name == "manifest.json" and manifest.is_file():
+        names = (json.loads(manifest.read_text(encoding="utf-8")).get("options") or {}).get("class_names")
+        if not names:
+            raise ValueError(f"{where}: {manifest} records no class_names; build the shards with `shards --benchmark kinetics400`")
+        return [str(n) for n in names]
+    if not path.is_file():
+        raise ValueError(f"{where}: {value} is neither a list, a class-name file nor a shards folder")
+    names = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    if not names:
+        raise ValueError(f"{where}: {path} holds no class name; expected one per line")
+    return names
 
 
 @torch.no_grad()

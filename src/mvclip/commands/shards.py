@@ -1,6 +1,7 @@
 """`python -m mvclip shards`: build shards from annotated videos, or the synthetic dataset (`mvclip.datamodules`).
 
     python -m mvclip shards --videos DIR --annotations FILE --out DIR [--format msrvtt|...]
+    python -m mvclip shards --benchmark msrvtt_full --videos DIR --annotations MSRVTT_data.json --split test_list_full.txt --out DIR
     python -m mvclip shards --synthetic 2000 --out DIR [--seed 0]
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from mvclip.commands.options import CommandParser
 from mvclip.datamodules.annotations import FORMATS, AnnotationError, detect_format, read_annotations
+from mvclip.datamodules.benchmarks import BENCHMARKS, build_benchmark, split_hash
 from mvclip.datamodules.shard_writer import DEFAULT_SAMPLES_PER_SHARD, summary_line, write_shards
 from mvclip.datamodules.text_encoding import DEFAULT_ENCODING
 
@@ -27,6 +29,10 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--annotations", type=Path, help="caption file (JSON, CSV or JSONL)")
     src.add_argument("--format", choices=list(FORMATS),
                      help="annotation format (default: detected from the file)")
+    src.add_argument("--benchmark", choices=list(BENCHMARKS),
+                     help="build an evaluation benchmark from its published files (docs/evaluation.md)")
+    src.add_argument("--split", type=Path, help="split list of a benchmark: one video id per line (e.g. test_list_full.txt)")
+    src.add_argument("--classes", type=Path, help="class list of a zero-shot benchmark (default: its sorted class names)")
     src.add_argument("--encoding", default=DEFAULT_ENCODING,
                      help="text encoding of the annotation file (default: UTF-8, with or without a BOM; "
                           "e.g. latin-1, cp1252)")
@@ -77,8 +83,17 @@ def main(argv: list[str] | None = None) -> int:
     if not args.videos.is_dir():
         print(f"error: --videos {args.videos} is not a folder", file=sys.stderr)
         return 2
+    if (args.split or args.classes) and not args.benchmark:
+        parser.error("--split and --classes belong to a benchmark: add --benchmark NAME")
+    if args.benchmark and args.format:
+        parser.error("--benchmark names its own format: drop --format")
     try:
-        clips = read_annotations(args.annotations, args.videos, args.format, encoding=args.encoding)
+        if args.benchmark:
+            clips, record = build_benchmark(args.benchmark, args.annotations, args.videos, split=args.split,
+                                            classes=args.classes, encoding=args.encoding)
+        else:
+            clips = read_annotations(args.annotations, args.videos, args.format, encoding=args.encoding)
+            record = {"split_hash": split_hash([args.annotations])}
     except AnnotationError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -89,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             reencode_short_side=args.reencode_short_side,
             keyframe_interval=args.keyframe_interval, progress=not args.no_progress,
             extra_options={"annotations": str(args.annotations.resolve()),
-                           "format": args.format or detect_format(args.annotations, args.encoding)})
+                           "format": BENCHMARKS[args.benchmark].format if args.benchmark
+                           else args.format or detect_format(args.annotations, args.encoding), **record})
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
