@@ -124,6 +124,7 @@ class VideoTextModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        loss_fn = build_loss(loss, gather_with_grad=gather_with_grad)  # first: a bad `model.loss` fails at once
         cfg, base_dir = load_config(model if isinstance(model, str) else dict(model))
         cfg = apply_input(apply_overrides(copy.deepcopy(cfg), overrides), input)
         self.model = build_model(cfg, base_dir=base_dir)
@@ -156,7 +157,7 @@ class VideoTextModule(L.LightningModule):
         apply_freezing(self.model, self.freeze_plan)
         if channels_last:
             to_channels_last(self.model)
-        self.loss = build_loss(loss, gather_with_grad=gather_with_grad)
+        self.loss = loss_fn
         self.val_retrieval = RetrievalMetric()
         self.test_retrieval = RetrievalMetric()
         self.temporal_eval = tuple(TEMPORAL_EVAL if temporal_eval is None else temporal_eval)
