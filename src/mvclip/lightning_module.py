@@ -1,4 +1,4 @@
-"""VideoTextModule: the LightningModule that trains and evaluates a VideoTextModel with the VTC loss."""
+"""VideoTextModule: the LightningModule that trains and evaluates a VideoTextModel with the loss a recipe chooses (VTC by default)."""
 from __future__ import annotations
 
 import copy
@@ -17,7 +17,7 @@ from mvclip.layers.memory_format import to_channels_last
 from mvclip.errors import ConfigError
 from mvclip.eval_card import CARD_KEY, EvalCard, EvalProtocol, make_card, split_record, write_card
 from mvclip.freezing import FreezePlan, apply_freezing, plan_freezing
-from mvclip.loss import VideoTextContrastiveLoss, clamp_logit_scale_
+from mvclip.losses import ModelOutputs, build_loss, clamp_logit_scale_
 from mvclip.markdown import print_table
 from mvclip.metrics import RetrievalMetric
 from mvclip.portable_config import CHECKPOINT_KEY, plain_data, portable_config
@@ -92,6 +92,8 @@ class VideoTextModule(L.LightningModule):
             embedding moves when its frames are reversed or shuffled (`mvclip.temporal_metrics`). Twin accuracy is
             reported whenever the evaluation samples declare a `group`, at no extra cost.
         gather_with_grad: gather features across ranks with gradients (open_clip's local loss scheme).
+        loss: the training loss, `{class_path: mvclip.losses.DistillationLoss, init_args: {weight: 0.5}}` (default:
+            VTC); see docs/losses.md. Its parameters (SigLIP's bias) train with the model, without weight decay.
         channels_last: train with the 2-D conv weights (and so the feature maps) in `torch.channels_last`, the
             layout GPU and oneDNN kernels prefer (`mvclip.layers.memory_format`; no faster on the project's 2-core
             CPU at the demo's settings: `bench/train_speed.py`). A state dict does not record the layout.
@@ -124,9 +126,11 @@ class VideoTextModule(L.LightningModule):
         evaluation: dict[str, Any] | None = None,
         gather_with_grad: bool = True,
         channels_last: bool = False,
+        loss: dict[str, Any] | str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        loss_fn = build_loss(loss, gather_with_grad=gather_with_grad)  # first: a bad `model.loss` fails at once
         cfg, base_dir = load_config(model if isinstance(model, str) else dict(model))
         cfg = apply_input(apply_overrides(copy.deepcopy(cfg), overrides), input)
         self.model = build_model(cfg, base_dir=base_dir)
@@ -159,7 +163,7 @@ class VideoTextModule(L.LightningModule):
         apply_freezing(self.model, self.freeze_plan)
         if channels_last:
             to_channels_last(self.model)
-        self.loss = VideoTextContrastiveLoss(gather_with_grad=gather_with_grad)
+        self.loss = loss_fn
         self.evaluation = EvalProtocol.from_config(evaluation)
         self.val_retrieval = RetrievalMetric(**self.evaluation.metric_options())
         self.test_retrieval = RetrievalMetric(**self.evaluation.metric_options())
@@ -209,7 +213,8 @@ class VideoTextModule(L.LightningModule):
                 text_emb = self.model.encode_text(batch["text"], normalize=True)
         else:
             text_emb = self.model.encode_text(batch["text"], normalize=True)
-        loss = self.loss(video_emb, text_emb, self.model.logit_scale.exp())
+        terms = self.loss(ModelOutputs(video_emb, text_emb, self.model.logit_scale.exp()), batch)
+        loss = terms["loss"]
         if not torch.isfinite(loss):
             lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else float("nan")
             raise FloatingPointError(
@@ -218,6 +223,9 @@ class VideoTextModule(L.LightningModule):
             )
         batch_size = batch["video"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        for name, part in terms.items():
+            if name != "loss":
+                self.log(f"train/loss/{name}", part.detach(), batch_size=batch_size)
         self.log("train/logit_scale", self.model.logit_scale.exp(), batch_size=batch_size)
         return loss
 
@@ -235,7 +243,7 @@ class VideoTextModule(L.LightningModule):
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """AdamW groups: (decay | no decay) x (from a file | new) x (temporal | not) x `lr_mult` prefix, frozen parameters
-        left out."""
+        left out; the loss's own parameters (`model.loss`, e.g. SigLIP's bias) join as new ones."""
         groups: dict[tuple[bool, bool, bool, str], list[torch.nn.Parameter]] = {}
         for name, param in self.model.named_parameters():
             if not param.requires_grad:
@@ -246,6 +254,10 @@ class VideoTextModule(L.LightningModule):
         hp = self.hparams
         if not groups:
             raise ConfigError("model: every parameter is frozen; nothing to train (check model.freeze / model.trainable)")
+        loss_no_decay = no_decay_names(self.loss)
+        for name, param in self.loss.named_parameters():  # the loss's own (SigLIP's bias): new, plain learning rate
+            if param.requires_grad:
+                groups.setdefault((name in loss_no_decay, False, False, ""), []).append(param)
         return [
             {
                 "params": params,

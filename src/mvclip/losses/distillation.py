@@ -1,0 +1,159 @@
+"""MobileCLIP's distillation loss: match the teachers' video<->text similarity distributions, mixed with VTC.
+
+For one rank's ``B`` rows and the ``N`` columns of the global batch, with softmax taken over each row:
+
+    student:    P_v2t = softmax(s * V  T_all^T)           P_t2v = softmax(s * T  V_all^T)
+    teacher k:  Q_v2t = softmax(s_k * V'_k T'_all,k^T)    Q_t2v = softmax(s_k * T'_k V'_all,k^T)
+
+``V``, ``T``: the student's unit-norm video and text embeddings, ``s``: its (learnable) logit scale;
+``V'_k``, ``T'_k``: teacher ``k``'s unit-norm embeddings of the same clip view and caption, ``s_k``: its
+logit scale (``teacher_logit_scale``, 100 by default, or the batch's ``teacher_logit_scale[k]``).
+Then, with ``KL(Q || P)`` summed over a row's columns and averaged over the rows,
+
+    kd   = (1 / K) * sum_k ( KL(Q_v2t || P_v2t) + KL(Q_t2v || P_t2v) ) / 2
+    loss = (1 - weight) * vtc + weight * kd
+
+which is MobileCLIP's ``(1 - lambda) L_CLIP + lambda L_Distill`` with the teacher ensemble averaged per
+teacher (its Eq. 1-2). ``weight = 0`` gives exactly the VTC loss (KD is still computed and logged). The KL
+direction is teacher-to-student: the teacher's distribution is the target. MobileCLIP's released code
+writes the same term as a cross-entropy with the teacher's soft labels; the two differ by the teachers'
+entropy, a constant, so gradients are the same and only the logged value differs.
+
+Distributed: teachers' embeddings are gathered like the student's (no gradient: they are data), so
+each rank's KL rows see the same global columns and a run on N ranks equals one process on the
+concatenated batch (``mvclip.losses.gather``).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mvclip.errors import ConfigError
+from mvclip.losses.base import ModelOutputs, TrainingLoss
+from mvclip.losses.gather import gather_rows
+from mvclip.losses.vtc import VideoTextContrastiveLoss
+
+__all__ = ["DistillationLoss", "TEACHER_VIDEO", "TEACHER_TEXT", "TEACHER_LOGIT_SCALE"]
+
+TEACHER_VIDEO = "teacher_video"  # batch key: {teacher name: (B, D_teacher) unit-norm video embeddings}
+TEACHER_TEXT = "teacher_text"  # batch key: {teacher name: (B, D_teacher) unit-norm caption embeddings}
+TEACHER_LOGIT_SCALE = "teacher_logit_scale"  # optional batch key: {teacher name: its logit scale}
+
+
+def _kl_rows(teacher_logits: Tensor, student_logits: Tensor) -> Tensor:
+    """Mean over rows of KL(softmax(teacher) || softmax(student)), computed in float32."""
+    return F.kl_div(
+        F.log_softmax(student_logits.float(), dim=1), F.log_softmax(teacher_logits.float(), dim=1),
+        log_target=True, reduction="batchmean",
+    )
+
+
+class DistillationLoss(TrainingLoss):
+    """``(1 - weight) * VTC + weight * KD`` from teacher embeddings the shards carry (see the module docstring).
+
+    Args:
+        weight: lambda in [0, 1], the share of the distillation term.
+        teacher_logit_scale: the scale (1 / temperature) of the teachers' similarities, used for every teacher the
+            batch gives no ``teacher_logit_scale`` for.
+        teachers: the teacher names to distil from (default: every teacher in the batch).
+        gather_with_grad, local_loss, world_size, rank, group: as for ``VideoTextContrastiveLoss``.
+
+    Returns ``{"loss", "vtc", "kd"}``, plus ``"kd/<teacher>"`` per teacher when there are several.
+    """
+
+    def __init__(
+        self,
+        *,
+        weight: float = 0.5,
+        teacher_logit_scale: float = 100.0,
+        teachers: list[str] | None = None,
+        local_loss: bool = True,
+        gather_with_grad: bool = True,
+        world_size: int | None = None,
+        rank: int | None = None,
+        group: Any = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= weight <= 1.0:
+            raise ValueError(f"weight: expected a number in [0, 1] (the distillation share), got {weight!r}")
+        if (isinstance(teacher_logit_scale, bool) or not isinstance(teacher_logit_scale, (int, float))
+                or not math.isfinite(teacher_logit_scale) or teacher_logit_scale <= 0):
+            raise ValueError(f"teacher_logit_scale: expected a finite number > 0, got {teacher_logit_scale!r}")
+        if teachers is not None and (isinstance(teachers, str) or not teachers or not all(isinstance(t, str) for t in teachers)):
+            raise ValueError(f"teachers: expected a non-empty list of teacher names, got {teachers!r}")
+        self.weight = float(weight)
+        self.teacher_logit_scale = float(teacher_logit_scale)
+        self.teachers = list(teachers) if teachers is not None else None
+        self.vtc = VideoTextContrastiveLoss(local_loss=local_loss, gather_with_grad=gather_with_grad, world_size=world_size,
+                                            rank=rank, group=group)
+
+    def _teacher_embeddings(self, batch: Mapping[str, Any], local: int) -> dict[str, tuple[Tensor, Tensor]]:
+        """{name: (video, text)} of the teachers to use, checked and L2-normalised."""
+        video, text = batch.get(TEACHER_VIDEO), batch.get(TEACHER_TEXT)
+        if not isinstance(video, Mapping) or not isinstance(text, Mapping) or not video:
+            raise ConfigError(
+                f"model.loss: DistillationLoss needs `{TEACHER_VIDEO}` and `{TEACHER_TEXT}` in every batch, but the shards "
+                "carry no teacher embeddings; add them with `python -m mvclip teacher` or choose another loss"
+            )
+        names = self.teachers if self.teachers is not None else sorted(video)
+        pairs = {}
+        for name in names:
+            if name not in video or name not in text:
+                raise ConfigError(
+                    f"model.loss: teacher {name!r} is not in the batch's {TEACHER_VIDEO} / {TEACHER_TEXT} "
+                    f"(it has {sorted(video)} / {sorted(text)})"
+                )
+            tv, tt = video[name], text[name]
+            if not (isinstance(tv, Tensor) and isinstance(tt, Tensor)) or tv.ndim != 2 or tv.shape != tt.shape or tv.shape[0] != local:
+                raise ValueError(
+                    f"batch[{TEACHER_VIDEO!r}][{name!r}] {tuple(getattr(tv, 'shape', ()))} and batch[{TEACHER_TEXT!r}][{name!r}] "
+                    f"{tuple(getattr(tt, 'shape', ()))}: expected two tensors of shape (B, D) with B = {local}, the student's batch"
+                )
+            pairs[name] = (F.normalize(tv.float(), dim=-1), F.normalize(tt.float(), dim=-1))
+        return pairs
+
+    def _scale_of(self, batch: Mapping[str, Any], name: str) -> float:
+        """The batch's scale for teacher `name` (a number, or a per-sample tensor of one repeated value), else the default."""
+        scales = batch.get(TEACHER_LOGIT_SCALE)
+        if not isinstance(scales, Mapping) or name not in scales:
+            return self.teacher_logit_scale
+        value = torch.as_tensor(scales[name], dtype=torch.float64).flatten()
+        if value.numel() == 0 or not bool((value == value[0]).all()) or not math.isfinite(float(value[0])) or value[0] <= 0:
+            raise ValueError(f"batch[{TEACHER_LOGIT_SCALE!r}][{name!r}]: expected one finite scale > 0, got {value.tolist()}")
+        return float(value[0])
+
+    def forward(self, outputs: ModelOutputs, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        vtc_out = self.vtc.contrastive(outputs.video, outputs.text, outputs.logit_scale, output_dict=True)
+        local = outputs.video.shape[0]
+        teachers = self._teacher_embeddings(batch, local)
+        rank, world_size = self.vtc._rank_and_world_size()
+        device = outputs.video.device
+        # one collective for every teacher: [video_1 | text_1 | video_2 | text_2 | ...] along the features
+        widths = [tv.shape[1] for tv, _ in teachers.values()]
+        packed = torch.cat([t for pair in teachers.values() for t in pair], dim=1).to(device)
+        gathered = gather_rows(packed, with_grad=False, world_size=world_size, rank=rank, group=self.vtc.group)
+        mine = slice(rank * local, (rank + 1) * local)
+        kd_parts: dict[str, Tensor] = {}
+        start = 0
+        for (name, _), width in zip(teachers.items(), widths):
+            all_tv, all_tt = gathered[:, start:start + width], gathered[:, start + width:start + 2 * width]
+            start += 2 * width
+            rows_tv, rows_tt = (all_tv[mine], all_tt[mine]) if self.vtc.local_loss and world_size > 1 else (all_tv, all_tt)
+            scale = self._scale_of(batch, name)
+            with torch.no_grad():
+                teacher_v2t = scale * rows_tv @ all_tt.T
+                teacher_t2v = scale * rows_tt @ all_tv.T
+            kd_parts[name] = (_kl_rows(teacher_v2t, vtc_out["logits_per_video"])
+                              + _kl_rows(teacher_t2v, vtc_out["logits_per_text"])) / 2
+        kd = torch.stack(list(kd_parts.values())).mean()
+        vtc = vtc_out["loss"]
+        loss = (1.0 - self.weight) * vtc + self.weight * kd
+        out = {"loss": loss, "vtc": vtc, "kd": kd}
+        if len(kd_parts) > 1:
+            out.update({f"kd/{name}": value for name, value in kd_parts.items()})
+        return out

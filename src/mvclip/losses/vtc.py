@@ -1,0 +1,143 @@
+"""Video-text contrastive (VTC) loss: symmetric InfoNCE, with explicit distributed gathering.
+
+Each rank scores its local rows against the gathered global batch (``mvclip.losses.gather`` shows
+why that trains exactly like one process on the concatenated batch).
+
+Logit scale: the model stores ``log(1 / temperature)`` as a parameter (init ``ln(1/0.07)``) and
+passes ``exp()`` of it here; :func:`clamp_logit_scale_` caps it at ``ln(100)`` after each optimizer
+step. A fixed scale (MobileViCLIP's configs hold it at 100) is just a parameter with
+``requires_grad=False`` (``learn_logit_scale: false`` in a recipe).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mvclip.losses.base import ModelOutputs, TrainingLoss
+from mvclip.losses.gather import gather_features, resolve_rank
+
+__all__ = ["VideoTextContrastiveLoss", "clamp_logit_scale_"]
+
+
+class VideoTextContrastiveLoss(TrainingLoss):
+    """Symmetric InfoNCE over video and text embeddings: ``(CE(v2t) + CE(t2v)) / 2``.
+
+    ``video_emb`` and ``text_emb`` are ``(B, D)``, row ``i`` of each forming a positive pair, and are
+    expected to be L2-normalized already (the model's ``encode_*(normalize=True)``); pass
+    ``normalize=True`` to normalize here instead. ``logit_scale`` is the already-exponentiated
+    scale (``1 / temperature``), a scalar tensor so its gradient flows.
+
+    Called as every training loss, ``loss(outputs, batch) -> {"loss": vtc, "vtc": vtc}``
+    (``mvclip.losses.base``); the tensor form ``loss(video_emb, text_emb, logit_scale,
+    output_dict=False)`` (:meth:`contrastive`) stays for direct use.
+
+    Distributed (torch.distributed initialized with world_size > 1, or ``world_size``/``rank``
+    given): see ``mvclip.losses.gather``. ``local_loss=False`` computes the full global logits on
+    every rank (same loss on every rank; more compute, same gradient after DDP averaging when
+    ``gather_with_grad=True``).
+    """
+
+    def __init__(
+        self,
+        *,
+        local_loss: bool = True,
+        gather_with_grad: bool = True,
+        normalize: bool = False,
+        world_size: int | None = None,
+        rank: int | None = None,
+        group: Any = None,
+    ) -> None:
+        super().__init__()
+        if (world_size is None) != (rank is None):
+            raise ValueError("pass both world_size and rank, or neither")
+        self.local_loss = local_loss
+        self.gather_with_grad = gather_with_grad
+        self.normalize = normalize
+        self.world_size = world_size
+        self.rank = rank
+        self.group = group
+
+    def _rank_and_world_size(self) -> tuple[int, int]:
+        return resolve_rank(self.world_size, self.rank, self.group)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """``loss(outputs, batch)`` -> ``{"loss", "vtc"}``; ``loss(video_emb, text_emb, logit_scale, ...)`` -> :meth:`contrastive`."""
+        if args and isinstance(args[0], ModelOutputs):
+            return self.terms(*args, **kwargs)
+        return self.contrastive(*args, **kwargs)
+
+    def terms(self, outputs: ModelOutputs, batch: Mapping[str, Any] | None = None) -> dict[str, Tensor]:
+        """The training-loss form: the batch is not needed beyond the embeddings."""
+        loss = self.contrastive(outputs.video, outputs.text, outputs.logit_scale)
+        return {"loss": loss, "vtc": loss}
+
+    def contrastive(
+        self,
+        video_emb: Tensor,
+        text_emb: Tensor,
+        logit_scale: Tensor,
+        output_dict: bool = False,
+    ) -> Tensor | dict[str, Tensor]:
+        """Return the scalar loss, or with ``output_dict=True`` a dict for logging.
+
+        The dict holds ``loss``, ``logits_per_video`` / ``logits_per_text`` (rows: this rank's
+        samples, or all samples with ``local_loss=False``), ``labels``, and the detached top-1
+        accuracies ``acc_v2t`` / ``acc_t2v``.
+        """
+        if video_emb.ndim != 2 or video_emb.shape != text_emb.shape:
+            raise ValueError(
+                f"expected matching (B, D) embeddings, got {tuple(video_emb.shape)} and {tuple(text_emb.shape)}"
+            )
+        if self.normalize:
+            video_emb = F.normalize(video_emb, dim=-1)
+            text_emb = F.normalize(text_emb, dim=-1)
+
+        rank, world_size = self._rank_and_world_size()
+        batch = video_emb.shape[0]
+        if world_size > 1:
+            all_video, all_text = gather_features(
+                video_emb, text_emb, with_grad=self.gather_with_grad,
+                world_size=world_size, rank=rank, group=self.group,
+            )
+            if self.local_loss:
+                logits_per_video = logit_scale * video_emb @ all_text.T
+                logits_per_text = logit_scale * text_emb @ all_video.T
+                labels = torch.arange(batch, device=video_emb.device) + rank * batch
+            else:
+                logits_per_video = logit_scale * all_video @ all_text.T
+                logits_per_text = logits_per_video.T
+                labels = torch.arange(world_size * batch, device=video_emb.device)
+        else:
+            logits_per_video = logit_scale * video_emb @ text_emb.T
+            logits_per_text = logits_per_video.T
+            labels = torch.arange(batch, device=video_emb.device)
+
+        loss = (F.cross_entropy(logits_per_video, labels) + F.cross_entropy(logits_per_text, labels)) / 2
+        if not output_dict:
+            return loss
+        with torch.no_grad():
+            acc_v2t = (logits_per_video.argmax(dim=1) == labels).float().mean()
+            acc_t2v = (logits_per_text.argmax(dim=1) == labels).float().mean()
+        return {
+            "loss": loss,
+            "logits_per_video": logits_per_video,
+            "logits_per_text": logits_per_text,
+            "labels": labels,
+            "acc_v2t": acc_v2t,
+            "acc_t2v": acc_t2v,
+        }
+
+
+def clamp_logit_scale_(param: nn.Parameter | Tensor, max_log: float = math.log(100), min_log: float = 0.0) -> None:
+    """Clamp the stored LOG scale in place to ``[min_log, max_log]`` (call after each optimizer step).
+
+    The cap ``ln(100)`` (temperature >= 0.01) keeps the learnable scale from running away, as in
+    CLIP; the floor ``0`` keeps the scale >= 1, as open_clip does.
+    """
+    with torch.no_grad():
+        param.clamp_(min=min_log, max=max_log)
