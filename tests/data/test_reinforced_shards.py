@@ -18,6 +18,7 @@ import torch
 from mvclip.cli import main as cli_main
 from mvclip.datamodules.bad_samples import BadSampleCounter
 from mvclip.datamodules.collate import collate_train
+from mvclip.datamodules.decode import VideoReader
 from mvclip.datamodules.pipeline import SampleDecoder, ShardDataset, iter_tar
 from mvclip.datamodules.sampling import sample_indices
 from mvclip.datamodules.shard_writer import ClipSource, write_shards
@@ -46,19 +47,28 @@ def _model_config(embed_dim: int) -> dict:
 
 
 def _teachers(root: Path) -> tuple[Path, Path]:
-    """Teacher `a` as a checkpoint (as `fit`/`convert` write one), `b` as an export folder."""
+    """Teacher `a` as a checkpoint (as `fit`/`convert` write one), `b` as an export folder (the files `export`
+    writes that loading reads, without its verification and timing, which would double this file's runtime)."""
+    from omegaconf import OmegaConf
+    from safetensors.torch import save_file
+
     from mvclip.commands.convert import write_checkpoint
-    from mvclip.export import export_model, random_inputs
+    from mvclip.export import fused_config
+    from mvclip.fusion import fuse
     from mvclip.lightning_module import VideoTextModule
 
     torch.manual_seed(0)
-    module = VideoTextModule(model=_model_config(DIMS["a"]))
     ckpt = root / "a.ckpt"
-    write_checkpoint(module, ckpt, source="test", format_name="random", frames=4, resolution=32)
+    write_checkpoint(VideoTextModule(model=_model_config(DIMS["a"])), ckpt, source="test", format_name="random",
+                     frames=4, resolution=32)
     torch.manual_seed(1)
-    module_b = VideoTextModule(model=_model_config(DIMS["b"]))
+    module = VideoTextModule(model=_model_config(DIMS["b"]))
     export = root / "b.export"
-    export_model(module_b.model, module_b.model_config, export, random_inputs(4, 32, batch=1), onnx=False, latency_repeats=1)
+    export.mkdir()
+    fused = fuse(module.model.eval())
+    save_file({k: v.detach().contiguous().clone() for k, v in fused.state_dict().items()}, str(export / "model.safetensors"))
+    (export / "model.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(fused_config(module.model_config))))
+    (export / "preprocess.json").write_text(json.dumps(module.model.input_spec.describe()))
     return ckpt, export
 
 
@@ -86,7 +96,7 @@ def reinforced(tmp_path_factory: pytest.TempPathFactory) -> dict:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(reinforce, "embed_sample", recording)
         code = cli_main(["teacher", "--model", f"a={ckpt}", "--model", f"b={export}", "--shards", str(root / "in"),
-                         "--out", str(root / "out"), "--views", str(K), "--seed", "5", "--no_progress"])
+                         "--out", str(root / "out"), "--views", str(K), "--seed", "5", "--hflip", "--no_progress"])
     assert code == 0
     raws = [raw for name in ("shard-000000.tar", "shard-000001.tar")
             for raw in iter_tar(str(root / "out" / name), BadSampleCounter())]
@@ -152,11 +162,13 @@ def test_training_replays_a_stored_view_exactly_with_its_teacher_embeddings(rein
 
 
 def test_views_differ_and_follow_the_recipe(reinforced):
-    views = decode_views(reinforced["raws"][3]["views.json"])
-    assert len({(v.indices, v.box) for v in views}) == K
+    views = [v for raw in reinforced["raws"] for v in decode_views(raw["views.json"])]
+    assert len({(v.indices, v.box) for v in views[:K]}) == K
+    assert {v.flip for v in views} == {True, False}  # --hflip: some views are flipped, some not
     for v in views:
         top, left, h, w = v.box
-        assert 0.5 * 32 * 48 - 48 <= h * w <= 32 * 48 and top + h <= 32 and left + w <= 48 and not v.flip
+        assert 0.5 * 32 * 48 - 48 <= h * w <= 32 * 48 and top + h <= 32 and left + w <= 48
+        assert sorted(v.indices) == list(v.indices) and all(3 * s <= i < 3 * s + 3 for s, i in enumerate(v.indices))
 
 
 def test_manifest_names_the_teachers_with_fingerprints(reinforced):
@@ -189,8 +201,7 @@ def test_shards_without_teachers_decode_as_before(reinforced):
     assert "teacher_video" not in sample and "teacher_text" not in sample
     rng = random.Random(3)
     idx = sample_indices(12, 4, "segments", train=True, rng=rng)
-    reference = _decoder()
-    with __import__("mvclip.datamodules.decode", fromlist=["VideoReader"]).VideoReader(raw["mp4"]) as reader:
+    with VideoReader(raw["mp4"]) as reader:
         frames = reader.frames(idx, short_side=32)
     top, left, h, w = random_resized_crop_box(32, 48, (0.5, 1.0), (3 / 4, 4 / 3), rng)
     crop = torch.nn.functional.interpolate(frames.permute(0, 3, 1, 2)[:, :, top:top + h, left:left + w], size=(32, 32),
@@ -245,7 +256,7 @@ def test_rerun_resumes_keeps_finished_shards_and_never_touches_the_input(reinfor
     second.unlink()  # as if the run had been killed while writing it
     (root / "out" / "shard-000001.tar.tmp").write_bytes(b"half a shard")
     args = ["teacher", "--model", f"a={reinforced['ckpt']}", "--model", f"b={reinforced['export']}", "--shards",
-            str(root / "in"), "--out", str(root / "out"), "--views", str(K), "--seed", "5", "--no_progress"]
+            str(root / "in"), "--out", str(root / "out"), "--views", str(K), "--seed", "5", "--hflip", "--no_progress"]
     assert cli_main(args) == 0
     assert (first.read_bytes(), first.stat().st_mtime_ns) == kept
     assert second.read_bytes() == expected_second  # rebuilt identically
