@@ -19,7 +19,7 @@ from mvclip.cli import main as cli_main
 from mvclip.datamodules.bad_samples import BadSampleCounter
 from mvclip.datamodules.collate import collate_train
 from mvclip.datamodules.decode import VideoReader
-from mvclip.datamodules.pipeline import SampleDecoder, ShardDataset, iter_tar
+from mvclip.datamodules.pipeline import SampleDecoder, ShardDataset, iter_tar, list_shards
 from mvclip.datamodules.sampling import sample_indices
 from mvclip.datamodules.shard_writer import ClipSource, write_shards
 from mvclip.datamodules.transforms import VideoTransform, random_resized_crop_box
@@ -192,6 +192,12 @@ def test_collate_gives_teacher_dicts_of_batch_rows(reinforced):
         assert sorted(batch[key]) == ["a", "b"]
         assert {n: tuple(t.shape) for n, t in batch[key].items()} == {"a": (4, 32), "b": (4, 24)}
         assert all(t.dtype == torch.float32 for t in batch[key].values())
+    # and through the training pipeline itself (manifest, shard split, batching)
+    shards = list_shards(str(reinforced["root"] / "out" / "shard-{000000..000001}.tar"))
+    dataset = ShardDataset(shards, _decoder(), collate_train, batch_size=2, train=True, num_workers=0, seed=0)
+    batches = list(dataset)
+    assert len(batches) == 2 and all(b["bad_samples"]["good"] == 2 for b in batches)
+    assert all({n: tuple(t.shape) for n, t in b["teacher_text"].items()} == {"a": (2, 32), "b": (2, 24)} for b in batches)
 
 
 def test_shards_without_teachers_decode_as_before(reinforced):
