@@ -26,7 +26,7 @@ REASONS: tuple[str, ...] = (
     "bad_json",  # not UTF-8, not JSON, or not an object
     "no_captions",  # captions missing, not a list of strings, or all empty
     "bad_label",  # label present but not an int
-    "bad_teacher",  # teacher.npy present but unreadable
+    "bad_teacher",  # teacher.npy, views.json or a teacher.NAME.*.npy member unreadable or inconsistent
     "truncated_shard",  # the tar itself ended mid-member or is corrupt (counted once per shard)
 )
 

@@ -20,6 +20,7 @@ def _optional(samples: Sequence[dict[str, Any]], name: str) -> list[Any] | None:
 
 def collate_train(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """``video`` float (B,T,3,H,W), ``text`` long (B,77), ``key`` list[str], ``label``/``teacher`` if all have them,
+    ``teacher_video``/``teacher_text`` ({teacher name: (B, D)}) if all come from reinforced shards,
     ``group`` (list of str or None) if any has one."""
     if not samples:
         raise ValueError("cannot collate an empty batch")
@@ -57,3 +58,20 @@ def _add_optional(batch: dict[str, Any], samples: Sequence[dict[str, Any]]) -> N
     teachers = _optional(samples, "teacher")
     if teachers is not None and len({tuple(t.shape) for t in teachers}) == 1:
         batch["teacher"] = torch.stack(teachers)
+    for name in ("teacher_video", "teacher_text"):  # reinforced shards: {teacher name: (B, D) float32}
+        stacked = _stack_by_name(_optional(samples, name))
+        if stacked is not None:
+            batch[name] = stacked
+
+
+def _stack_by_name(values: list[dict[str, torch.Tensor]] | None) -> dict[str, torch.Tensor] | None:
+    """{name: (B, D)} when every sample has the same teachers with one dim each; None otherwise (mixed batches)."""
+    if not values or len({tuple(sorted(v)) for v in values}) != 1:
+        return None
+    out = {}
+    for name in sorted(values[0]):
+        rows = [v[name] for v in values]
+        if len({tuple(r.shape) for r in rows}) != 1:
+            return None
+        out[name] = torch.stack(rows).float()
+    return out

@@ -16,8 +16,10 @@ import torch
 from .decode import DecodeError, VideoReader
 from .sampling import sample_indices
 from .shard_format import TEACHER_EXTENSION, video_member
+from .teacher_members import has_teachers, read_teachers
 from .transforms import VideoTransform
 from .video2dataset import captions_of
+from .views import VIEWS_EXTENSION, View, decode_views
 
 
 Tokenizer = Callable[[Sequence[str]], torch.Tensor]
@@ -36,7 +38,9 @@ class BadSample(Exception):
 # --------------------------------------------------------------------------------------------
 @dataclass
 class SampleDecoder:
-    """Raw shard sample -> ``{"key", "video", "text", "label"?, "teacher"?}``, or :class:`BadSample`."""
+    """Raw shard sample -> ``{"key", "video", "text", "label"?, "teacher"?, "teacher_video"?, "teacher_text"?}``, or
+    :class:`BadSample`. A reinforced sample (teacher members, docs/distillation.md) is decoded in training as one of its
+    stored views, picked with ``rng``, with that view's teacher embeddings and the chosen caption's."""
 
     transform: VideoTransform
     tokenizer: Tokenizer | None = None
@@ -54,13 +58,19 @@ class SampleDecoder:
             from mvclip.tokenizer import tokenize as tok
         return tok(texts)
 
-    def clip(self, data: bytes, name: str, rng: random.Random | None = None, fallback_fps: float | None = None) -> torch.Tensor:
-        """Encoded video bytes -> the model's input clip (T, 3, H, W): sample frames, decode them, transform.
+    def clip(self, data: bytes, name: str, rng: random.Random | None = None, fallback_fps: float | None = None,
+             view: View | None = None) -> torch.Tensor:
+        """Encoded video bytes -> the model's input clip (T, 3, H, W): sample frames, decode them, transform; or,
+        given a stored `view`, decode and transform exactly that view (nothing is drawn from `rng`).
 
         Raises `DecodeError` (or a codec error) on a broken video; `__call__` turns that into a `BadSample`.
         """
         with VideoReader(data, thread_count=self.thread_count, name=name) as reader:
             info = reader.info
+            if view is not None:
+                frames = reader.frames(view.frame_indices(self.frames, info.num_frames),
+                                       short_side=self.short_side or self.transform.resolution)
+                return self.transform.apply(frames, view.box_for(frames.shape[1], frames.shape[2]), view.flip)
             idx = sample_indices(
                 info.num_frames,
                 self.frames,
@@ -101,8 +111,18 @@ class SampleDecoder:
         if ext is None:
             raise BadSample("missing_video", name)
         fallback_fps = float(meta["fps"]) if isinstance(meta.get("fps"), (int, float)) else None
+        view_index, views, teachers = None, None, {}
+        if self.train and (VIEWS_EXTENSION in raw or has_teachers(raw)):
+            try:
+                if VIEWS_EXTENSION not in raw:
+                    raise ValueError(f"{name}: has teacher members but no {VIEWS_EXTENSION}")
+                views = decode_views(raw[VIEWS_EXTENSION], f"{name}.{VIEWS_EXTENSION}")
+                teachers = read_teachers(raw, len(views), len(captions), name)
+            except ValueError as exc:
+                raise BadSample("bad_teacher", str(exc)) from exc
+            view_index = rng.randrange(len(views))
         try:
-            video = self.clip(raw[ext], name, rng, fallback_fps)
+            video = self.clip(raw[ext], name, rng, fallback_fps, None if views is None else views[view_index])
         except DecodeError as exc:
             raise BadSample(exc.reason, str(exc)) from exc
         except (av.FFmpegError, ValueError, RuntimeError, OSError) as exc:  # codec-level surprises
@@ -110,7 +130,11 @@ class SampleDecoder:
 
         out: dict[str, Any] = {"key": key, "video": video}
         if self.train:
-            out["text"] = self._tokenize([rng.choice(captions)])[0]
+            caption = rng.randrange(len(captions))  # the same draw as rng.choice(captions)
+            out["text"] = self._tokenize([captions[caption]])[0]
+            if teachers:
+                out["teacher_video"] = {n: torch.from_numpy(v[view_index].copy()) for n, (v, _) in teachers.items()}
+                out["teacher_text"] = {n: torch.from_numpy(t[caption].copy()) for n, (_, t) in teachers.items()}
         else:
             out["text"] = self._tokenize(captions)
         if label is not None:

@@ -91,15 +91,33 @@ class VideoTransform:
         if self.std is not None and any(s <= 0 for s in self.std):
             raise ValueError(f"std must be positive, got {self.std}")
 
+    def draw(self, height: int, width: int, rng: random.Random) -> tuple[tuple[int, int, int, int], bool]:
+        """The training augmentation as explicit parameters: ((top, left, h, w) crop box, flip), drawn from ``rng``
+        in the order ``__call__`` always drew them, so a seeded run makes the same views as before."""
+        box = random_resized_crop_box(height, width, self.crop_scale, self.crop_ratio, rng)
+        flip = bool(self.hflip and rng.random() < 0.5)
+        return box, flip
+
     def __call__(self, frames: torch.Tensor, rng: random.Random | None = None) -> torch.Tensor:
         rng = rng or random.Random()
+        if self.train:
+            x = _as_tchw(frames)
+            box, flip = self.draw(x.shape[-2], x.shape[-1], rng)
+            return self.apply(x, box, flip)
+        return self.apply(frames)
+
+    def apply(self, frames: torch.Tensor, box: Sequence[int] | None = None, flip: bool = False) -> torch.Tensor:
+        """Frames -> clip with given parameters: crop ``box`` (top, left, h, w) resized to the resolution, then
+        ``flip``; without a box, the evaluation centre crop. Replaying a stored view goes through here."""
         x = _as_tchw(frames)
         _, _, h, w = x.shape
         s = self.resolution
-        if self.train:
-            top, left, ch, cw = random_resized_crop_box(h, w, self.crop_scale, self.crop_ratio, rng)
+        if box is not None:
+            top, left, ch, cw = (int(v) for v in box)
+            if not (ch > 0 and cw > 0 and 0 <= top and top + ch <= h and 0 <= left and left + cw <= w):
+                raise ValueError(f"crop box (top, left, h, w) = {tuple(box)} does not fit frames of {h}x{w}")
             x = _resize(x[:, :, top : top + ch, left : left + cw], (s, s))
-            if self.hflip and rng.random() < 0.5:
+            if flip:
                 x = x.flip(-1)
         else:
             scale = s / min(h, w)

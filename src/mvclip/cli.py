@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "embed": ("mvclip.commands.embed", "embed videos and texts with an exported (fused) model, no training stack"),
     "sweep": ("mvclip.commands.sweep", "run an ablation sweep and write its table, CSV and plot"),
     "shards": ("mvclip.commands.shards", "build WebDataset shards from videos or the synthetic set"),
+    "teacher": ("mvclip.commands.teacher", "reinforce shards with teacher embeddings of stored augmented views"),
     "index": ("mvclip.commands.index", "embed a folder or shard set of videos into a searchable index"),
     "search": ("mvclip.commands.search", "search an index by text (or by a video) and print the ranked videos"),
     "serve": ("mvclip.commands.serve", "a web page over an index: text search, playable results, zero-shot labels"),
