@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlsplit, urlunsplit
 
+from mvclip.errors import FetchError
+
 FETCH_TIMEOUT_S = 60.0
 # a shard's file name, inside a URL or a pipe: command
 _SHARD_NAME = re.compile(r"^(.*?)(\.tar|\.tar\.gz|\.tgz)$")
@@ -102,10 +104,6 @@ def open_stream(url: str) -> BinaryIO:
     if scheme == "s3":
         return wds.gopen(f"pipe:aws s3 cp {shlex.quote(url)} -", "rb")
     return wds.gopen(url, "rb")
-
-
-class FetchError(OSError):
-    """A sidecar file could not be fetched for a reason other than its absence (an unreachable server)."""
 
 
 def fetch_small(url: str, timeout: float = FETCH_TIMEOUT_S) -> bytes | None:

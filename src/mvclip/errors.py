@@ -20,5 +20,10 @@ class MissingExtraError(ImportError):
     """A feature needs an optional dependency that is not installed; the message names the extra to install."""
 
 
+class FetchError(OSError):
+    """A small remote file (a shard manifest, a stats file) could not be fetched for a reason other than its absence
+    (an unreachable server); the message names the URL."""
+
+
 # What a command reports as one line (the message names the file, key or config path) instead of a traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, RegistryError, FileNotFoundError, MissingExtraError)
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, RegistryError, FileNotFoundError, MissingExtraError, FetchError)
