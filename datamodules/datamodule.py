@@ -34,8 +34,9 @@ class VideoTextDataModule(LightningDataModule):
             paths/URLs (``dir/train-{000000..000009}.tar``; join several with ``::``).
         val: validation shards, given as for ``train``.
         test: test shards, given as for ``train``.
-        synthetic: when true (or a dict of ``ensure_synthetic_dataset`` arguments) and no paths are
-            given, build the synthetic dataset in ``prepare_data`` and use its splits.
+        synthetic: when true (or a dict of ``ensure_synthetic_dataset`` arguments), build the synthetic dataset in
+            ``prepare_data`` and use its splits for the splits given no path (so reinforced training shards of
+            the synthetic clips are validated on the synthetic validation split).
         frames: frames per clip (T). This and the other input options up to ``value_range`` default to the
             model's input description (its config's ``input`` section, ``mvclip.input_spec``), which the training
             module hands over before the first step; a value stated here that differs from the model's is an
@@ -173,14 +174,15 @@ class VideoTextDataModule(LightningDataModule):
         return kwargs
 
     def _use_synthetic(self) -> bool:
-        return bool(self.synthetic) and not any(self.paths.values())
+        return bool(self.synthetic) and not all(self.paths.values())
 
     def _ensure_synthetic(self) -> None:
         from .synthetic import ensure_synthetic_dataset
 
         root = ensure_synthetic_dataset(**self._synthetic_kwargs())
         for split in ("train", "val", "test"):
-            self.paths[split] = str(root / split)
+            if not self.paths[split]:
+                self.paths[split] = str(root / split)
 
     def prepare_data(self) -> None:
         if self._use_synthetic():

@@ -292,6 +292,20 @@ def test_synthetic_dataset_through_prepare_data(tmp_path: Path) -> None:
     assert sum(len(b["key"]) for b in val) == sum(s.samples for s in dm.shards["val"])
 
 
+def test_synthetic_fills_only_the_splits_given_no_path(tmp_path: Path) -> None:
+    """Reinforced training shards of the synthetic clips are validated on the synthetic validation split."""
+    own_train = tmp_path / "own_train"
+    own_train.mkdir()
+    dm = _dm(train=str(own_train), synthetic={"root": str(tmp_path / "synth"), "num_train": 4, "num_val": 2, "num_test": 2})
+    dm.prepare_data()
+    assert dm.paths["train"] == str(own_train)
+    assert Path(dm.paths["val"]) == tmp_path / "synth" / "val"
+    assert Path(dm.paths["test"]) == tmp_path / "synth" / "test"
+    every = _dm(train="a", val="b", test="c", synthetic={"root": str(tmp_path / "unused")})
+    every.prepare_data()  # every split has a path: nothing is generated
+    assert not (tmp_path / "unused").exists()
+
+
 def test_transforms_same_crop_for_all_frames_and_eval_centre_crop() -> None:
     import random
 

@@ -301,14 +301,18 @@ def test_unrecognized_file_names_every_format_as_before(tmp_path: Path) -> None:
         detect_format(bad)
     assert str(caught.value) == (
         f"{bad}: unrecognized annotation file; expected msrvtt (JSON with 'videos' and 'sentences'), webvid (CSV with "
-        "columns videoid,name,...), internvid (JSONL with YoutubeID, Start_timestamp, End_timestamp, Caption), or csv "
-        "(CSV/JSONL with path and caption)")
+        "columns videoid,name,...), internvid (JSONL with YoutubeID, Start_timestamp, End_timestamp, Caption), csv "
+        "(CSV/JSONL with path and caption), msrvtt_1ka (CSV with columns key,vid_key,video_id,sentence "
+        "(MSRVTT_JSFUSION_test.csv)), didemo (JSON list of {video, description, times} (DiDeMo test_data.json)), "
+        "activitynet (JSON {\"v_<id>\": {duration, timestamps, sentences}} (ActivityNet Captions val_1.json)), msvd (text "
+        "lines '<video_id> <caption>' or JSON {video_id: [captions]} (MSVD)), or kinetics (CSV with columns "
+        "label,youtube_id,time_start,time_end,split (Kinetics))")
     broken = tmp_path / "broken.json"
     broken.write_text("{")
-    with pytest.raises(AnnotationError, match=r"broken.json: not valid JSON \(.*\); expected msrvtt .* or csv "):
+    with pytest.raises(AnnotationError, match=r"broken.json: not valid JSON \(.*\); expected msrvtt .* csv .* or kinetics "):
         detect_format(broken)
     with pytest.raises(AnnotationError, match=r"unknown annotation format 'nope'; expected one of \('msrvtt', 'webvid', "
-                                              r"'internvid', 'csv'\)"):
+                                              r"'internvid', 'csv', 'msrvtt_1ka', 'didemo', 'activitynet', 'msvd', 'kinetics'\)"):
         read_annotations(bad, tmp_path, format="nope")
 
 
