@@ -10,6 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from mvclip.builder import DEFAULT_MODEL_CONFIG, apply_input, apply_overrides, build_model, load_config
+from mvclip.checkpointing import checkpoint_stages
 from mvclip.checkpoints import LoadReport, load_weights
 from mvclip.contracts import no_decay_names
 from mvclip.layers.memory_format import to_channels_last
@@ -90,6 +91,8 @@ class VideoTextModule(L.LightningModule):
         channels_last: train with the 2-D conv weights (and so the feature maps) in `torch.channels_last`, the
             layout GPU and oneDNN kernels prefer (`mvclip.layers.memory_format`; no faster on the project's 2-core
             CPU at the demo's settings: `bench/train_speed.py`). A state dict does not record the layout.
+        checkpointing: video stages (indices into `video.stages`, or `all`) whose block activations are recomputed in
+            the backward instead of stored: less memory, about one more forward of those stages (`mvclip.checkpointing`).
     """
 
     def __init__(
@@ -118,6 +121,7 @@ class VideoTextModule(L.LightningModule):
         temporal_eval: list[str] | None = None,
         gather_with_grad: bool = True,
         channels_last: bool = False,
+        checkpointing: list[int] | str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -153,6 +157,7 @@ class VideoTextModule(L.LightningModule):
         apply_freezing(self.model, self.freeze_plan)
         if channels_last:
             to_channels_last(self.model)
+        self.checkpointed_stages = checkpoint_stages(self.model.video, checkpointing)
         self.loss = VideoTextContrastiveLoss(gather_with_grad=gather_with_grad)
         self.val_retrieval = RetrievalMetric()
         self.test_retrieval = RetrievalMetric()
