@@ -15,7 +15,7 @@ the recipes), AdamW:
 The goal, stated in the section: at least 100 training clips/s for Tiny at 8x256x256 on an H100/H200-class GPU.
 
 On a GPU the section `GPU training throughput (bench/gpu.py)` of docs/benchmarks.md is replaced. `--tiny` is a
-CPU smoke run (tiny_cpu model, 2 frames, 32 px, batch 2, 2 steps) that writes only to `--docs PATH`.
+CPU smoke run (tiny_cpu model, 2 frames, 32 px, batch 2, 2 steps, fp32) that writes only to `--docs PATH`.
 `--budget-s` skips what would start after that many seconds (compilation is last), so one run fits a time limit.
 
     python bench/gpu.py [--settings eager checkpointing compile] [--presets ...] [--budget-s 540] [--no-write]
@@ -24,6 +24,7 @@ CPU smoke run (tiny_cpu model, 2 frames, 32 px, batch 2, 2 steps) that writes on
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import resource
@@ -74,6 +75,11 @@ class Deadline:
         return time.monotonic() > self.end
 
 
+def mixed_precision(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on a GPU; fp32 on a CPU, where bf16 without native units is several times slower."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     """CUDA's allocator error, or a library's (cuDNN, cuBLAS) failing to allocate its workspace."""
     text = str(error)
@@ -81,8 +87,9 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 
 def free_memory(device: torch.device) -> None:
-    gc.collect()
+    """Give the CUDA allocator's cached blocks back (after a model or an out-of-memory error); nothing on a CPU."""
     if device.type == "cuda":
+        gc.collect()  # tensors held by reference cycles (an exception's traceback frames) first
         torch.cuda.empty_cache()
 
 
@@ -159,7 +166,7 @@ class Trainer:
         return video, text
 
     def step(self, video: torch.Tensor, text: torch.Tensor) -> None:
-        with torch.autocast(self.device.type, dtype=torch.bfloat16):
+        with mixed_precision(self.device):
             video_emb, text_emb, scale = self.forward(video, text)
         loss = self.module.loss(video_emb.float(), text_emb.float(), scale.float())
         self.optimizer.zero_grad(set_to_none=True)
@@ -186,7 +193,7 @@ def inference_rate(module: VideoTextModule, batch: int, steps: int, warmup: int,
                       module.model.input_spec.resolution, device=device)
 
     def run() -> None:
-        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
+        with torch.inference_mode(), mixed_precision(device):
             encoder(clip)
     return timed_rate(run, batch, steps, warmup, device)
 
@@ -227,17 +234,21 @@ def device_description(device: torch.device) -> str:
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
-    return "" if value is None else f"{value:.{digits}f}"
+    """`digits` decimals, or three significant figures below 1 (a CPU smoke run's rates)."""
+    if value is None:
+        return ""
+    return f"{value:.{digits}f}" if abs(value) >= 1 else f"{value:.3g}"
 
 
 def report(rows: list[Row], inference: list[Row], loader: tuple[float, str, int] | None, args: argparse.Namespace,
            device: torch.device, command: str, skipped: list[str]) -> str:
     memory = "peak allocated (GiB)" if device.type == "cuda" else "process peak RSS (GiB, never reset)"
+    precision = "bf16 autocast" if device.type == "cuda" else "fp32 (CPU: no autocast)"
     lines = [
         f"**Goal: at least {GOAL_CLIPS_PER_S:.0f} training clips/s for MobileViCLIP-Tiny at 8x256x256 on an H100/H200-class GPU.**",
         "",
         f"Training steps (video + text forward, contrastive loss, backward, AdamW; text tower frozen as in the recipes) "
-        f"on random {args.frames}x3x{args.resolution}x{args.resolution} clips, bf16 autocast, 2-D conv weights in "
+        f"on random {args.frames}x3x{args.resolution}x{args.resolution} clips, {precision}, 2-D conv weights in "
         f"`channels_last`, {args.steps} timed steps after {args.warmup} warm-up steps per row. `checkpointing`: "
         "`model.checkpointing: all`; `compile`: `torch.compile(model)`, one compilation at the largest batch eager fitted.",
         "",
@@ -250,7 +261,7 @@ def report(rows: list[Row], inference: list[Row], loader: tuple[float, str, int]
     best = _best(rows, GOAL_PRESET)
     if best is not None and best.preset == GOAL_PRESET and not args.tiny:
         verdict = "met" if best.clips_per_s >= GOAL_CLIPS_PER_S else "not met"
-        lines.append(f"- goal: {verdict}, best Tiny rate {best.clips_per_s:.1f} clips/s ({best.setting}, batch {best.batch})")
+        lines.append(f"- goal: {verdict}, best Tiny rate {_fmt(best.clips_per_s)} clips/s ({best.setting}, batch {best.batch})")
     for item in skipped:
         lines.append(f"- skipped: {item}")
     lines += ["", f"| model | setting | batch | clips / s | {memory} | note |", "|---|---|---:|---:|---:|---|"]
@@ -263,21 +274,21 @@ def report(rows: list[Row], inference: list[Row], loader: tuple[float, str, int]
             done = [r for r in rows if r.preset == preset and r.setting == setting and r.clips_per_s is not None]
             if done:
                 top = max(done, key=lambda r: r.clips_per_s)
-                lines.append(f"| {preset} | {setting} | {max(r.batch for r in done)} | {top.clips_per_s:.1f} (batch {top.batch}) |")
-    lines += ["", f"Fused inference (`mvclip.fuse`, `torch.inference_mode`, bf16 autocast, channels_last), {args.steps} timed "
+                lines.append(f"| {preset} | {setting} | {max(r.batch for r in done)} | {_fmt(top.clips_per_s)} (batch {top.batch}) |")
+    lines += ["", f"Fused inference (`mvclip.fuse`, `torch.inference_mode`, {precision}, channels_last), {args.steps} timed "
               "calls after the warm-up:", "", "| model | form | batch | clips / s |", "|---|---|---:|---:|"]
     for r in inference:
         lines.append(f"| {r.preset} | {r.setting} | {r.batch} | {_fmt(r.clips_per_s)} |")
     if loader is not None:
         rate, what, workers = loader
-        train = f"{best.clips_per_s:.1f}" if best is not None else "n/a"
+        train = _fmt(best.clips_per_s) if best is not None else "n/a"
         ratio = f"{rate / best.clips_per_s:.2f}x" if best is not None else "n/a"
         model = best.preset if best is not None else GOAL_PRESET
         lines += ["", f"Data loader (`bench/loader.py`'s measurement: `VideoTextDataModule`, {args.frames} frames, "
                   f"{args.resolution}x{args.resolution} random resized crops, batch {args.loader_batch}, {args.loader_seconds:g} s "
                   f"after the first batch; {what}) beside the best training rate of {model} above, measured one after the other:", "",
                   f"| loader workers | loader clips / s | {model} training clips / s | loader / training |", "|---:|---:|---:|---:|",
-                  f"| {workers} | {rate:.1f} | {train} | {ratio} |"]
+                  f"| {workers} | {_fmt(rate)} | {train} | {ratio} |"]
     return "\n".join(lines)
 
 
@@ -376,12 +387,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-loader", action="store_true")
     parser.add_argument("--docs", type=Path, default=None, help="the Markdown file to write the section to "
                         "(default: docs/benchmarks.md on a GPU; --tiny writes only here)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (--tiny: 1; else torch's choice)")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args(argv)
     tiny = {"presets": ["tiny_cpu"], "frames": 2, "resolution": 32, "start_batch": 2, "max_batch": 2, "steps": 2,
-            "warmup": 1, "infer_batch": 2, "loader_workers": min(2, os.cpu_count() or 1), "loader_batch": 2, "loader_seconds": 1.0}
+            "warmup": 1, "infer_batch": 2, "loader_workers": min(2, os.cpu_count() or 1), "loader_batch": 2, "loader_seconds": 1.0, "threads": 1}
     full = {"presets": list(PRESETS), "frames": 8, "resolution": 256, "start_batch": 8, "max_batch": 1024, "steps": 10,
-            "warmup": 3, "infer_batch": 64, "loader_workers": None, "loader_batch": 32, "loader_seconds": 15.0}
+            "warmup": 3, "infer_batch": 64, "loader_workers": None, "loader_batch": 32, "loader_seconds": 15.0, "threads": None}
     for key, value in (tiny if args.tiny else full).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -393,10 +405,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args.tiny and not torch.cuda.is_available():
         print("bench/gpu.py: no CUDA device; full sizes are for a GPU (use --tiny for a CPU smoke run)", file=sys.stderr)
         return 2
-    rows, inference, loader, skipped = run(args)
-    device = torch.device("cuda" if not args.tiny else "cpu")
     command = ("python bench/gpu.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
-    text = report(rows, inference, loader, args, device, command, skipped)
+    threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        rows, inference, loader, skipped = run(args)
+        text = report(rows, inference, loader, args, torch.device("cpu" if args.tiny else "cuda"), command, skipped)
+    finally:
+        torch.set_num_threads(threads)  # a caller's (the test's) process keeps its own
     print(text)
     target = args.docs if args.docs is not None else (None if args.tiny else BENCHMARKS_MD)
     if target is not None and not args.no_write:
