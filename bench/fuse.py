@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mvclip  # noqa: E402
 from report import machine, today, write_section  # noqa: E402
 
+from mvclip.fusion import compare_outputs  # noqa: E402
 from mvclip.layers.memory_format import to_channels_last  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,15 +59,19 @@ def matmul_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
 
 
 def compile_encoder(encoder: torch.nn.Module, clip: torch.Tensor) -> tuple[torch.nn.Module | None, str]:
-    """`torch.compile(encoder)`, compiled by one call on `clip` (timed); None and the error where that fails."""
+    """`torch.compile(encoder)`, compiled by one call on `clip` (timed) and compared with the eager encoder; None and
+    the error where compilation fails."""
     compiled = torch.compile(encoder, dynamic=False)
-    start = time.perf_counter()
-    try:
-        with torch.inference_mode():
-            compiled(clip)
-    except Exception as error:  # noqa: BLE001 - a missing C++ compiler and the like: reported, not fatal
-        return None, f"torch.compile failed: {type(error).__name__}: {str(error).splitlines()[0][:200]}"
-    return compiled, f"compiled in {time.perf_counter() - start:.1f} s (first call)"
+    with torch.inference_mode():
+        reference = encoder(clip)
+        start = time.perf_counter()
+        try:
+            out = compiled(clip)
+        except Exception as error:  # noqa: BLE001 - a missing C++ compiler and the like: reported, not fatal
+            return None, f"torch.compile failed: {type(error).__name__}: {str(error).splitlines()[0][:200]}"
+    seconds = time.perf_counter() - start
+    diff = compare_outputs(reference, out).max_rel_diff
+    return compiled, f"compiled in {seconds:.1f} s (first call), max relative difference to eager {diff:.1e}"
 
 
 def _timed(fn) -> float:

@@ -156,6 +156,8 @@ class Trainer:
         torch.manual_seed(0)
         self.module = VideoTextModule(model=preset, input={"resolution": resolution, "frames": frames}, freeze=["text"],
                                       channels_last=True, checkpointing="all" if checkpointing else None).to(device).train()
+        if compile_model and device.type == "cpu":  # its channels_last convs crash the CPU backward (bench/train_speed.py)
+            torch._inductor.config.layout_optimization = False
         self.forward = torch.compile(self.module.model, dynamic=False) if compile_model else self.module.model
         self.optimizer = torch.optim.AdamW(self.module.parameter_groups(), lr=1e-4)
         self.frames, self.resolution, self.device = frames, resolution, device

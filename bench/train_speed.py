@@ -12,6 +12,7 @@ Settings:
 - `bf16`: CPU autocast to bfloat16 around the forward pass (the loss in fp32).
 - `compile` (or `--compile`, which adds it): `torch.compile` of the model's forward (video and text towers; the
   backward is compiled with it), the rest as `default`. Its first step compiles; that time is reported apart.
+  Inductor's layout optimization is off (its channels_last convs crash the CPU backward, `mvclip.layers.memory_format`).
 
     python bench/train_speed.py [--steps 6] [--batch 32] [--resolution 64] [--threads N] [--settings ...] [--compile] [--no-write]
 """
@@ -44,7 +45,12 @@ def build(setting: str, model: str, resolution: int, frames: int) -> tuple[Video
                              lr_mult={"text": 0.1}, channels_last=setting == "channels_last")
     module.train()
     optimizer = torch.optim.AdamW(module.parameter_groups(), lr=2e-3, betas=(0.9, 0.98), eps=1e-6)
-    compiled = torch.compile(module.model, dynamic=False) if setting == "compile" else None
+    compiled = None
+    if setting == "compile":
+        # inductor's layout optimization turns convs channels_last, which hits the CPU heap corruption of
+        # mvclip.layers.memory_format in the backward (`free(): invalid next size`, seen here with it on, not with it off)
+        torch._inductor.config.layout_optimization = False
+        compiled = torch.compile(module.model, dynamic=False)
     return module, optimizer, compiled
 
 
