@@ -6,9 +6,11 @@ machine load hits all alike; the table reports medians and the ratios the projec
 - fused MobileViCLIP-Tiny / fused MobileCLIP-S0 applied frame by frame (what the temporal additions cost);
 - the fused S0's achieved GFLOP/s (PyTorch's FLOP counter on one forward) against this machine's fp32 matmul peak,
   measured in the same run (a 2048^3 `torch.mm`), i.e. how close the frame-wise model runs to the hardware.
-`--channels-last` adds each fused model in `torch.channels_last` as a further interleaved row.
+`--channels-last` adds each fused model in `torch.channels_last` as a further interleaved row. `--compile` adds each
+fused video encoder under `torch.compile` (inductor) as a row; its first call, which compiles, is timed apart, and a
+compilation that fails is reported with its error instead of a row.
 
-    python bench/fuse.py [--repeats 10] [--threads N] [--channels-last] [--no-write]
+    python bench/fuse.py [--repeats 10] [--threads N] [--channels-last] [--compile] [--no-write]
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mvclip  # noqa: E402
 from report import machine, today, write_section  # noqa: E402
 
+from mvclip.fusion import compare_outputs  # noqa: E402
 from mvclip.layers.memory_format import to_channels_last  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,6 +58,22 @@ def matmul_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
     return 2 * size**3 / best / 1e9
 
 
+def compile_encoder(encoder: torch.nn.Module, clip: torch.Tensor) -> tuple[torch.nn.Module | None, str]:
+    """`torch.compile(encoder)`, compiled by one call on `clip` (timed) and compared with the eager encoder; None and
+    the error where compilation fails."""
+    compiled = torch.compile(encoder, dynamic=False)
+    with torch.inference_mode():
+        reference = encoder(clip)
+        start = time.perf_counter()
+        try:
+            out = compiled(clip)
+        except Exception as error:  # noqa: BLE001 - a missing C++ compiler and the like: reported, not fatal
+            return None, f"torch.compile failed: {type(error).__name__}: {str(error).splitlines()[0][:200]}"
+    seconds = time.perf_counter() - start
+    diff = compare_outputs(reference, out).max_rel_diff
+    return compiled, f"compiled in {seconds:.1f} s (first call), max relative difference to eager {diff:.1e}"
+
+
 def _timed(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -77,6 +96,7 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=256)
     parser.add_argument("--presets", nargs="+", default=PRESETS)
     parser.add_argument("--channels-last", action="store_true", help="also time each fused model in channels_last")
+    parser.add_argument("--compile", action="store_true", help="also time each fused model under torch.compile")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args()
     if args.threads:
@@ -84,6 +104,7 @@ def main() -> None:
     torch.manual_seed(0)
     clip = torch.rand(1, args.frames, 3, args.resolution, args.resolution)
     runners, diffs, flops = {}, {}, {}
+    compile_notes: list[str] = []
     for preset in args.presets:
         model = mvclip.build_model(ROOT / "recipes" / "models" / f"{preset}.yaml").eval()
         fused = mvclip.fuse(model)
@@ -94,6 +115,11 @@ def main() -> None:
         if args.channels_last:
             last = to_channels_last(mvclip.fuse(model))
             runners[f"{preset} fused, channels_last"] = lambda m=last: m.encode_video(clip)
+        if args.compile:
+            compiled, note = compile_encoder(fused.video, clip)
+            compile_notes.append(f"{preset}: {note}")
+            if compiled is not None:
+                runners[f"{preset} fused, compile"] = lambda m=compiled: m(clip)
     peak = matmul_peak_gflops()
     times = {name: statistics.median(t) * 1e3 for name, t in time_interleaved(runners, args.repeats).items()}
     peak_after = matmul_peak_gflops()  # the peak before and after: a busy machine shows as a spread here
@@ -123,6 +149,8 @@ def main() -> None:
             body.append(f"| {preset} | {form} | {ms:.1f} | {speedup} | {flops[preset] / 1e9:.2f} | {rate:.1f} | "
                         f"{100 * rate / best_peak:.0f} % | {diff} |")
         print(f"{preset}: fused {fused_ms:.1f} ms, unfused {times[f'{preset} unfused']:.1f} ms", flush=True)
+    if compile_notes:
+        body += ["", "torch.compile: " + "; ".join(compile_notes) + "."]
     if IMAGE_MODEL in args.presets and VIDEO_MODEL in args.presets:
         ratio = times[f"{VIDEO_MODEL} fused"] / times[f"{IMAGE_MODEL} fused"]
         body += ["", f"What the temporal additions cost: fused {VIDEO_MODEL} / fused {IMAGE_MODEL} = **{ratio:.2f}x** "

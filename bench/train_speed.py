@@ -10,8 +10,11 @@ Settings:
 - `channels_last`: every 2-D conv weight past the RGB stem in `torch.channels_last` (the activations follow the
   weights), the layout `model.channels_last: true` selects.
 - `bf16`: CPU autocast to bfloat16 around the forward pass (the loss in fp32).
+- `compile` (or `--compile`, which adds it): `torch.compile` of the model's forward (video and text towers; the
+  backward is compiled with it), the rest as `default`. Its first step compiles; that time is reported apart.
+  Inductor's layout optimization is off (its channels_last convs crash the CPU backward, `mvclip.layers.memory_format`).
 
-    python bench/train_speed.py [--steps 6] [--batch 32] [--resolution 64] [--threads N] [--settings ...] [--no-write]
+    python bench/train_speed.py [--steps 6] [--batch 32] [--resolution 64] [--threads N] [--settings ...] [--compile] [--no-write]
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import contextlib
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -31,25 +35,37 @@ from mvclip.lightning_module import VideoTextModule  # noqa: E402
 from mvclip.tokenizer import tokenize  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-SETTINGS = ("default", "channels_last", "bf16")
+SETTINGS = ("default", "channels_last", "bf16", "compile")
 
 
-def build(setting: str, model: str, resolution: int) -> tuple[VideoTextModule, torch.optim.Optimizer]:
+def build(setting: str, model: str, resolution: int, frames: int) -> tuple[VideoTextModule, torch.optim.Optimizer, Callable | None]:
+    """The module, its optimizer and, for `compile`, the compiled forward of its model."""
     torch.manual_seed(0)
-    module = VideoTextModule(model=model, input={"resolution": resolution}, freeze=[], lr=2e-3, lr_mult={"text": 0.1},
-                             channels_last=setting == "channels_last")
+    module = VideoTextModule(model=model, input={"resolution": resolution, "frames": frames}, freeze=[], lr=2e-3,
+                             lr_mult={"text": 0.1}, channels_last=setting == "channels_last")
     module.train()
     optimizer = torch.optim.AdamW(module.parameter_groups(), lr=2e-3, betas=(0.9, 0.98), eps=1e-6)
-    return module, optimizer
+    compiled = None
+    if setting == "compile":
+        # inductor's layout optimization turns convs channels_last, which hits the CPU heap corruption of
+        # mvclip.layers.memory_format in the backward (`free(): invalid next size`, seen here with it on, not with it off)
+        torch._inductor.config.layout_optimization = False
+        compiled = torch.compile(module.model, dynamic=False)
+    return module, optimizer, compiled
 
 
-def step(module: VideoTextModule, optimizer: torch.optim.Optimizer, setting: str, video: torch.Tensor, text: torch.Tensor) -> float:
+def step(module: VideoTextModule, optimizer: torch.optim.Optimizer, setting: str, video: torch.Tensor, text: torch.Tensor,
+         compiled: Callable | None = None) -> float:
     start = time.perf_counter()
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if setting == "bf16" else contextlib.nullcontext()
     with autocast:
-        video_emb = module.model.encode_video(video, normalize=True)
-        text_emb = module.model.encode_text(text, normalize=True)
-    loss = module.loss(video_emb.float(), text_emb.float(), module.model.logit_scale.exp())
+        if compiled is not None:  # the model's forward: the same unit-norm embeddings and exp(logit scale)
+            video_emb, text_emb, scale = compiled(video, text)
+        else:
+            video_emb = module.model.encode_video(video, normalize=True)
+            text_emb = module.model.encode_text(text, normalize=True)
+            scale = module.model.logit_scale.exp()
+    loss = module.loss(video_emb.float(), text_emb.float(), scale)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -66,18 +82,24 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--settings", nargs="+", default=["default", "channels_last"], choices=SETTINGS,
                         help="bf16 is opt-in: without native bf16 units (this CPU) it is several times slower")
+    parser.add_argument("--compile", action="store_true", help="add the `compile` setting (torch.compile of the forward)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args()
+    if args.compile and "compile" not in args.settings:
+        args.settings.append("compile")
     if args.threads:
         torch.set_num_threads(args.threads)
     generator = torch.Generator().manual_seed(0)
     video = torch.rand(args.batch, args.frames, 3, args.resolution, args.resolution, generator=generator)
     text = tokenize([f"a red circle moves to the {'left' if i % 2 else 'right'} number {i}" for i in range(args.batch)])
-    runs = {setting: build(setting, args.model, args.resolution) for setting in args.settings}
+    runs = {setting: build(setting, args.model, args.resolution, args.frames) for setting in args.settings}
     times: dict[str, list[float]] = {setting: [] for setting in args.settings}
+    first: dict[str, float] = {}
     for i in range(args.steps + 2):
-        for setting, (module, optimizer) in runs.items():
-            seconds = step(module, optimizer, setting, video, text)
+        for setting, (module, optimizer, compiled) in runs.items():
+            seconds = step(module, optimizer, setting, video, text, compiled)
+            if i == 0:
+                first[setting] = seconds
             if i >= 2:
                 times[setting].append(seconds)
     base = statistics.median(times[args.settings[0]])
@@ -97,6 +119,9 @@ def main() -> None:
     for setting in args.settings:
         seconds = statistics.median(times[setting])
         body.append(f"| {setting} | {seconds:.2f} | {args.batch / seconds:.1f} | {base / seconds:.2f}x |")
+    if "compile" in first:
+        body += ["", f"First step of `compile` (compilation included): {first['compile']:.1f} s, against "
+                     f"{first[args.settings[0]]:.1f} s for {args.settings[0]}'s first step."]
     if not args.no_write:
         write_section("Training step throughput (bench/train_speed.py)", "\n".join(body))
     print("\n".join(body))

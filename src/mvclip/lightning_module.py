@@ -11,6 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from mvclip.builder import DEFAULT_MODEL_CONFIG, apply_input, apply_overrides, build_model, load_config
+from mvclip.checkpointing import checkpoint_stages
 from mvclip.checkpoints import LoadReport, load_weights
 from mvclip.contracts import no_decay_names
 from mvclip.layers.memory_format import to_channels_last
@@ -97,6 +98,8 @@ class VideoTextModule(L.LightningModule):
         channels_last: train with the 2-D conv weights (and so the feature maps) in `torch.channels_last`, the
             layout GPU and oneDNN kernels prefer (`mvclip.layers.memory_format`; no faster on the project's 2-core
             CPU at the demo's settings: `bench/train_speed.py`). A state dict does not record the layout.
+        checkpointing: video stages (indices into `video.stages`, or `all`) whose block activations are recomputed in
+            the backward instead of stored: less memory, about one more forward of those stages (`mvclip.checkpointing`).
     """
 
     def __init__(
@@ -127,6 +130,7 @@ class VideoTextModule(L.LightningModule):
         gather_with_grad: bool = True,
         channels_last: bool = False,
         loss: dict[str, Any] | str | None = None,
+        checkpointing: list[int] | str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -163,6 +167,7 @@ class VideoTextModule(L.LightningModule):
         apply_freezing(self.model, self.freeze_plan)
         if channels_last:
             to_channels_last(self.model)
+        self.checkpointed_stages = checkpoint_stages(self.model.video, checkpointing)
         self.loss = loss_fn
         self.evaluation = EvalProtocol.from_config(evaluation)
         self.val_retrieval = RetrievalMetric(**self.evaluation.metric_options())

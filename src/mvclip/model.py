@@ -13,23 +13,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mvclip.checkpointing import run_checkpointed
 from mvclip.input_spec import InputSpec
 
 
 class Stage(nn.Module):
-    """One resolution of the video encoder: optional downsampling, optional positional encoding, blocks."""
+    """One resolution of the video encoder: optional downsampling, optional positional encoding, blocks.
+
+    `grad_checkpoint` (set by `mvclip.checkpointing.checkpoint_stages`): while training with gradients, each block's
+    activations are recomputed in the backward instead of stored."""
 
     def __init__(self, blocks: list[nn.Module], downsample: nn.Module | None = None, pos_embed: nn.Module | None = None) -> None:
         super().__init__()
         self.downsample = downsample
         self.pos_embed = pos_embed
         self.blocks = nn.ModuleList(blocks)
+        self.grad_checkpoint = False
 
     def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
         if self.downsample is not None:
             x = self.downsample(x, frames)
         if self.pos_embed is not None:
             x = self.pos_embed(x, frames)
+        if self.grad_checkpoint and self.training and torch.is_grad_enabled():
+            for block in self.blocks:
+                x = run_checkpointed(block, x, frames)
+            return x
         for block in self.blocks:
             x = block(x, frames)
         return x

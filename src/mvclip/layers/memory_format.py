@@ -8,6 +8,8 @@ are. `bench/fuse.py` and `bench/train_speed.py` measure what it buys.
 Convs that read fewer than `MIN_CHANNELS` channels (the RGB stem) stay in the default layout: in torch 2.13 on
 CPU, the backward of a 1x1 stride-2 conv from 3 or 4 channels in channels_last corrupts the heap (`free(): invalid
 size`, measured 2026-11-29; 1 and 8 channels are fine), and such a conv is the stem's MobileOne scale branch.
+`torch.compile` (inductor) converts convs to channels_last itself unless `torch._inductor.config.layout_optimization`
+is off; compiled training on CPU crashed the same way with it on (`free(): invalid next size`), not with it off.
 """
 from __future__ import annotations
 
