@@ -240,20 +240,22 @@ def _skip_entry(item: _Prepared) -> dict[str, str]:
             "detail": item.detail}
 
 
-def _load_progress(out: Path, build_options: dict[str, Any]) -> list[dict[str, Any]]:
-    """Finished shards of an earlier run with the same options; [] when there is none."""
+def load_progress(out: Path, options: dict[str, Any], *, made_from: str = "built with other options") -> list[dict[str, Any]]:
+    """Shard records of an earlier run into `out` with the same options; [] when there is none or it is unreadable.
+
+    A run with other options is refused (`made_from` says how they differ), so shards of two recipes never mix."""
     path = out / PROGRESS_NAME
     if not path.is_file():
         return []
     try:
         progress = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        log.warning("%s: unreadable (%s); rebuilding every shard", path, err)
+        log.warning("%s: unreadable (%s); writing every shard again", path, err)
         return []
-    if progress.get("options") != build_options:
+    if progress.get("options") != options:
         raise ValueError(
-            f"{path}: the shards in {out} were built with options {progress.get('options')}, "
-            f"this run asks for {build_options}; use another output directory or delete it")
+            f"{path}: the shards in {out} were {made_from} ({progress.get('options')}; this run: {options}); "
+            "use another output directory or delete it")
     return list(progress.get("shards", []))
 
 
@@ -308,7 +310,7 @@ def write_shards(samples: Iterable[ClipSource], out_dir: str | os.PathLike[str],
     # Keep the finished shards of an earlier run whose inputs and file are unchanged.
     done: list[dict[str, Any]] = []
     consumed = 0
-    for record in _load_progress(out, build_options):
+    for record in load_progress(out, build_options):
         n = len(record["inputs"])
         path = out / record["name"]
         if (record["name"] != shard_name(prefix, len(done))

@@ -30,7 +30,7 @@ from mvclip.datamodules.sampling import sample_indices
 from mvclip.datamodules.shard_format import MANIFEST_NAME, MANIFEST_VERSION, PROGRESS_NAME, read_manifest, video_member
 from mvclip.datamodules.shard_reading import iter_tar
 # the shard writer's temp-then-rename tar, shared so both commands write shards the same way
-from mvclip.datamodules.shard_writer import _Prepared, _ShardFile
+from mvclip.datamodules.shard_writer import _Prepared, _ShardFile, load_progress
 from mvclip.datamodules.teacher_members import encode_array, is_reinforcement_member, member_name
 from mvclip.datamodules.transforms import VideoTransform
 from mvclip.datamodules.views import VIEWS_EXTENSION, View, encode_views
@@ -237,18 +237,8 @@ def reinforce_shards(in_dir: str | os.PathLike[str], out_dir: str | os.PathLike[
 
 def _load_progress(out: Path, options: dict[str, Any]) -> list[dict[str, Any]]:
     """Finished shards of an earlier run with the same inputs, teachers and views whose files are intact."""
-    path = out / PROGRESS_NAME
-    if not path.is_file():
-        return []
-    try:
-        progress = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        log.warning("%s: unreadable (%s); reinforcing every shard again", path, err)
-        return []
-    if progress.get("options") != options:
-        raise ValueError(f"{path}: the shards in {out} were reinforced from other inputs, teachers or view options; "
-                         "use another --out or delete it")
-    return [r for r in progress.get("shards", [])
+    done = load_progress(out, options, made_from="reinforced from other inputs, teachers or view options")
+    return [r for r in done
             if (out / r["name"]).is_file() and (out / r["name"]).stat().st_size == r["bytes"]
             or (not r["samples"] and not (out / r["name"]).exists())]
 
