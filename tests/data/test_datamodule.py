@@ -296,7 +296,8 @@ def test_synthetic_fills_only_the_splits_given_no_path(tmp_path: Path) -> None:
     """Reinforced training shards of the synthetic clips are validated on the synthetic validation split."""
     own_train = tmp_path / "own_train"
     own_train.mkdir()
-    dm = _dm(train=str(own_train), synthetic={"root": str(tmp_path / "synth"), "num_train": 4, "num_val": 2, "num_test": 2})
+    dm = _dm(train=str(own_train), synthetic={"root": str(tmp_path / "synth"), "num_train": 2, "num_val": 2, "num_test": 2,
+                                              "frames": 8, "size": 32})
     dm.prepare_data()
     assert dm.paths["train"] == str(own_train)
     assert Path(dm.paths["val"]) == tmp_path / "synth" / "val"
