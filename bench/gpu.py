@@ -323,6 +323,15 @@ def run(args: argparse.Namespace) -> tuple[list[Row], list[Row], tuple[float, st
             r.preset, r.setting = preset, setting
         return found, fits
 
+    def fused_row(preset: str, compiled: bool) -> Row:
+        module = VideoTextModule(model=preset, input={"resolution": args.resolution, "frames": args.frames}).to(device)
+        try:
+            rate = inference_rate(module, args.infer_batch, args.steps, args.warmup, device, compiled)
+        finally:
+            del module
+            free_memory(device)
+        return Row(preset, "fused, compile" if compiled else "fused, eager", args.infer_batch, rate)
+
     for preset in args.presets:
         if deadline.passed():
             skipped.append(f"{preset} (time budget)")
@@ -335,11 +344,7 @@ def run(args: argparse.Namespace) -> tuple[list[Row], list[Row], tuple[float, st
             rows += found
             print("\n".join(f"{r}" for r in found), flush=True)
         if not deadline.passed():
-            module = VideoTextModule(model=preset, input={"resolution": args.resolution, "frames": args.frames}).to(device)
-            inference.append(Row(preset, "fused, eager", args.infer_batch,
-                                 inference_rate(module, args.infer_batch, args.steps, args.warmup, device, False)))
-            del module
-            free_memory(device)
+            inference.append(fused_row(preset, compiled=False))
     loader = None
     if not args.no_loader and not deadline.passed():
         workers = args.loader_workers or os.cpu_count() or 1
@@ -360,11 +365,7 @@ def run(args: argparse.Namespace) -> tuple[list[Row], list[Row], tuple[float, st
                     break
                 batch //= 2
             if not deadline.passed():
-                module = VideoTextModule(model=preset, input={"resolution": args.resolution, "frames": args.frames}).to(device)
-                inference.append(Row(preset, "fused, compile", args.infer_batch,
-                                     inference_rate(module, args.infer_batch, args.steps, args.warmup, device, True)))
-                del module
-                free_memory(device)
+                inference.append(fused_row(preset, compiled=True))
     return rows, inference, loader, skipped
 
 
