@@ -240,6 +240,15 @@ def _skip_entry(item: _Prepared) -> dict[str, str]:
             "detail": item.detail}
 
 
+def make_output_dir(out_dir: str | os.PathLike[str]) -> Path:
+    """The shard folder `--out`, created if missing; a file in its place is a one-line error, not a traceback."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out_dir}: exists and is not a folder; give a new or existing folder for the shards")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def load_progress(out: Path, options: dict[str, Any], *, made_from: str = "built with other options") -> list[dict[str, Any]]:
     """Shard records of an earlier run into `out` with the same options; [] when there is none or it is unreadable.
 
@@ -288,8 +297,7 @@ def write_shards(samples: Iterable[ClipSource], out_dir: str | os.PathLike[str],
         raise ValueError(f"max_shard_bytes must be >= 1, got {max_shard_bytes}")
     if not prefix or not re.fullmatch(r"[A-Za-z0-9_-]+", prefix):
         raise ValueError(f"prefix must be letters, digits, '_' or '-', got {prefix!r}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_output_dir(out_dir)
 
     # stable: the first duplicate key wins; members of a group sit next to each other (group batching reads them so)
     clips = sorted(samples, key=lambda c: (clip_group(c) or c.key, c.key))

@@ -30,7 +30,7 @@ from mvclip.datamodules.sampling import sample_indices
 from mvclip.datamodules.shard_format import MANIFEST_NAME, MANIFEST_VERSION, PROGRESS_NAME, read_manifest, video_member
 from mvclip.datamodules.shard_reading import iter_tar
 # the shard writer's temp-then-rename tar, shared so both commands write shards the same way
-from mvclip.datamodules.shard_writer import _Prepared, _ShardFile, load_progress
+from mvclip.datamodules.shard_writer import _Prepared, _ShardFile, load_progress, make_output_dir
 from mvclip.datamodules.teacher_members import encode_array, is_reinforcement_member, member_name
 from mvclip.datamodules.transforms import VideoTransform
 from mvclip.datamodules.views import VIEWS_EXTENSION, View, encode_views
@@ -169,7 +169,7 @@ def reinforce_shards(in_dir: str | os.PathLike[str], out_dir: str | os.PathLike[
         "teachers": {n: {k: v for k, v in r.items() if k != "source"} for n, r in teacher_identity(teachers).items()},
         "view": recipe.to_dict(),
     }
-    out.mkdir(parents=True, exist_ok=True)
+    make_output_dir(out)
     done = _load_progress(out, options)
     for path in out.glob("*.tar.tmp"):
         path.unlink()  # an interrupted shard of an earlier run

@@ -469,3 +469,13 @@ def test_read_manifest_errors(tmp_path: Path) -> None:
          "total_samples": 3}))
     with pytest.raises(ValueError, match="total_samples is 3"):
         read_manifest(tmp_path)
+
+
+def test_out_that_is_a_file_is_a_one_line_error_and_the_file_is_kept(tmp_path: Path) -> None:
+    """`shards` and `teacher` share the output folder check: a file in its place is named, never replaced."""
+    taken = tmp_path / "taken"
+    taken.write_text("not mine")
+    with pytest.raises(ValueError, match=r"^--out .*taken: exists and is not a folder"):
+        write_shards([], taken)
+    assert taken.read_text() == "not mine"
+    assert shard_writer.make_output_dir(tmp_path / "new" / "dir").is_dir()
