@@ -18,6 +18,7 @@ from .bad_samples import BadSampleCounter, BadSampleLogger
 from .collate import collate_eval, collate_train
 from .decode import default_thread_count
 from .pipeline import SampleDecoder, Shard, ShardDataset, ShardLoader, list_shards
+from .shard_reading import teacher_logit_scales
 from .sampling import SAMPLING_MODES
 from .transforms import VideoTransform
 
@@ -144,6 +145,7 @@ class VideoTextDataModule(LightningDataModule):
         # validate transform options now, not in a worker
         VideoTransform(self.resolution, True, self.crop_scale, hflip=hflip, mean=self.mean, std=self.std, value_range=self.value_range)
         self.shards: dict[str, list[Shard]] = {}
+        self.teacher_scales: dict[str, float] | None = None  # the training manifest's teachers' logit scales, read once
         self.bad_samples: dict[str, BadSampleCounter] = {s: BadSampleCounter() for s in ("train", "val", "test")}
 
     # -- the model's input ---------------------------------------------------------------------
@@ -196,6 +198,8 @@ class VideoTextDataModule(LightningDataModule):
             pattern = self.paths.get(split)
             if pattern and split not in self.shards:
                 self.shards[split] = self._list(split, pattern)
+        if stage in ("fit", None):
+            self.training_teacher_scales()  # a manifest conflict is an error now, not at the first step
 
     def _list(self, split: str, pattern: str) -> list[Shard]:
         """The split's shards; ``epoch_samples`` stands in for the counts of remote training shards that have none."""
@@ -289,7 +293,19 @@ class VideoTextDataModule(LightningDataModule):
         return batch
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        return self.record_bad_samples(batch)
+        batch = self.record_bad_samples(batch)
+        if isinstance(batch, dict) and "teacher_video" in batch and "teacher_logit_scale" not in batch:
+            scales = self.training_teacher_scales()
+            if scales:  # each teacher's own temperature, for the distillation loss (docs/distillation.md)
+                batch["teacher_logit_scale"] = dict(scales)
+        return batch
+
+    def training_teacher_scales(self) -> dict[str, float]:
+        """{teacher name: logit scale} recorded in the training shards' manifest by `python -m mvclip teacher`."""
+        if self.teacher_scales is None:
+            pattern = self.paths.get("train")
+            self.teacher_scales = teacher_logit_scales(pattern) if pattern else {}
+        return self.teacher_scales
 
 
 class _OpaqueLoader:

@@ -89,6 +89,39 @@ def list_shards(pattern: str, epoch_samples: int | None = None, *, where: str = 
     return out
 
 
+def teacher_logit_scales(pattern: str) -> dict[str, float]:
+    """{teacher name: its logit scale} from the ``teachers`` of the manifests beside a pattern's shards (written by
+    ``python -m mvclip teacher``); empty for shards without teachers or without a manifest. A name two manifests
+    give different scales is a ConfigError: one loss cannot take both."""
+    from braceexpand import braceexpand
+
+    manifests: list[tuple[str, dict[str, Any]]] = []
+    if not is_remote(pattern) and Path(pattern).is_dir():
+        if (Path(pattern) / MANIFEST_NAME).is_file():
+            manifests.append((str(Path(pattern) / MANIFEST_NAME), read_manifest(pattern)))
+    else:
+        urls = [u for part in pattern.split("::") for u in braceexpand(part)]
+        for folder in sorted({str(Path(u).parent) for u in urls if not is_remote(u)}):
+            if (Path(folder) / MANIFEST_NAME).is_file():
+                manifests.append((str(Path(folder) / MANIFEST_NAME), read_manifest(folder)))
+        for url in sorted({m for m in (sibling(u, MANIFEST_NAME) for u in urls if is_remote(u)) if m is not None}):
+            data = fetch_small(url)
+            if data is not None:
+                manifests.append((url, _parse_manifest(data, url)))
+    scales: dict[str, float] = {}
+    for where, manifest in manifests:
+        teachers = manifest.get("teachers") or {}
+        for name, record in teachers.items() if isinstance(teachers, dict) else ():
+            scale = record.get("logit_scale") if isinstance(record, dict) else None
+            if scale is None:
+                continue
+            if name in scales and scales[name] != float(scale):
+                raise ConfigError(f"{where}: teacher {name!r} has logit_scale {scale}, another manifest of {pattern!r} "
+                                  f"has {scales[name]}; reinforce all training shards with the same teacher")
+            scales[name] = float(scale)
+    return scales
+
+
 def _list_folder(folder: Path) -> list[Shard]:
     """A local shard folder: ours (``manifest.json``), or video2dataset's (``*.tar`` with ``*_stats.json``)."""
     if not (folder / MANIFEST_NAME).is_file():

@@ -93,3 +93,31 @@ def test_eval_recipes_name_a_benchmark_and_known_options(recipe):
     assert set(config["data"]) <= set(inspect.signature(VideoTextDataModule).parameters)
     assert config["data"]["frames"] == 8 and config["data"]["sampling"] == "segments"
     assert f"recipes/eval/{recipe}" in (ROOT / "docs" / "evaluation.md").read_text()
+
+
+@pytest.mark.parametrize("labelled", [False, True])
+def test_module_card_lists_the_prompt_ensemble_only_when_clips_were_classified(tiny_model_config, labelled):
+    """A retrieval benchmark (no labels) evaluated by a module that has zero-shot prompts for its training data: the
+    card must not claim a prompt ensemble it never used; labelled clips get their prompts recorded."""
+    from types import SimpleNamespace
+
+    from mvclip.lightning_module import VideoTextModule
+    from mvclip.tokenizer import tokenize
+
+    module = VideoTextModule(model=tiny_model_config, zero_shot={"class_names": ["grows", "shrinks"], "templates": ["a {}", "the {}"]})
+    module.eval()
+    module.log_dict = lambda *args, **kwargs: None
+    module._trainer = SimpleNamespace(is_global_zero=False, sanity_checking=False, log_dir=None, datamodule=None,
+                                      global_step=0, current_epoch=0)
+    batch = {"video": torch.rand(2, 4, 3, 64, 64), "text": tokenize(["a grows", "a shrinks"]), "key": ["x", "y"],
+             "text_video_index": torch.tensor([0, 1])}
+    if labelled:
+        batch["label"] = torch.tensor([0, 1])
+    with torch.no_grad():
+        module.on_validation_epoch_start()
+        module.validation_step(batch, 0)
+        module.on_validation_epoch_end()
+    card = module.eval_card
+    assert ("zeroshot/top1" in card.results) == labelled
+    assert ({"prompt_ensemble", "prompt_templates"} <= set(card.protocol)) == labelled
+    assert card.results["t2v/R@1"] >= 0 and card.protocol["retrieval"] is True

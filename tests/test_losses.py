@@ -89,9 +89,13 @@ def test_distillation_matches_hand_computed_3x3():
     assert out["kd"].item() == pytest.approx(kd, abs=1e-6)
     assert out["loss"].item() == pytest.approx(expected, abs=1e-6)
     assert kd > 0.01 and set(out) == {"loss", "vtc", "kd"}
-    # the same scale given per sample by the batch overrides the default (100)
+    # the same scale given per sample by the batch (the manifest's) is used when the recipe states none
     batch["teacher_logit_scale"] = {"big": torch.full((3,), teacher_scale)}
     assert DistillationLoss(weight=weight)(_outputs(S_VIDEO, S_TEXT, scale), batch)["loss"].item() == pytest.approx(expected, abs=1e-6)
+    # a stated scale overrides the batch's
+    batch["teacher_logit_scale"] = {"big": torch.full((3,), 100.0)}
+    stated = DistillationLoss(weight=weight, teacher_logit_scale=teacher_scale)(_outputs(S_VIDEO, S_TEXT, scale), batch)
+    assert stated["loss"].item() == pytest.approx(expected, abs=1e-6)
 
 
 def _random_case(seed: int, batch: int = 5, teachers: dict[str, int] | None = None):

@@ -18,7 +18,8 @@ from mvclip.input_spec import InputSpec
 ROOT = Path(__file__).resolve().parents[1]
 REAL_VIDEOS = ROOT / ".." / "shared" / "data" / "videos"  # ../shared/data/videos from the repo root
 PRESETS = ["mobileclip_s0_frames", "mobileclip_s1_frames", "mobileclip_s2_frames", "mobileviclip_s1", "mobileviclip_small",
-           "mobileviclip_tiny", "side4video_tiny", "side4video_vit_b16", "tiny_cpu", "tiny_cpu_frames", "tiny_cpu_side", "vit_b16"]
+           "mobileviclip_tiny", "side4video_tiny", "side4video_vit_b16", "tiny_cpu", "tiny_cpu_frames", "tiny_cpu_side",
+           "tiny_cpu_teacher", "vit_b16"]
 
 
 def test_presets_are_package_data_and_recipes_models_is_the_same_folder():

@@ -382,13 +382,14 @@ class VideoTextModule(L.LightningModule):
         if temporal.update_called:
             results.update({f"temporal/{k}": v for k, v in temporal.compute().items()})
             temporal.reset()
-        if zero_shot is not None and zero_shot.update_called:
+        classified = zero_shot is not None and zero_shot.update_called  # labelled clips: the prompts were used
+        if classified:
             results.update({f"zeroshot/{k}": v for k, v in zero_shot.compute().items()})
             zero_shot.reset()
         self.log_dict({f"{stage}/{k}": float(v) for k, v in results.items()}, sync_dist=False, rank_zero_only=True)
         self.last_results[stage] = {k: float(v) for k, v in results.items()}
         self.eval_card = make_card(self.evaluation, split_record(self._split_pattern(stage)), self.model.input_spec, stage,
-                                   self.last_results[stage], int(self.global_step), self.zero_shot_cfg)
+                                   self.last_results[stage], int(self.global_step), self.zero_shot_cfg if classified else None)
         if stage == "test" and self.trainer.is_global_zero and self.trainer.log_dir:
             print(f"evaluation card: {write_card(self.eval_card, Path(self.trainer.log_dir) / 'eval_card.json')}")
         if self.trainer.is_global_zero and not self.trainer.sanity_checking:

@@ -9,21 +9,28 @@ import hashlib
 import io
 import json
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mvclip.cli import main as cli_main
 from mvclip.datamodules.bad_samples import BadSampleCounter
 from mvclip.datamodules.collate import collate_train
+from mvclip.datamodules.datamodule import VideoTextDataModule
 from mvclip.datamodules.decode import VideoReader
 from mvclip.datamodules.pipeline import SampleDecoder, ShardDataset, iter_tar, list_shards
 from mvclip.datamodules.sampling import sample_indices
+from mvclip.datamodules.shard_reading import teacher_logit_scales
 from mvclip.datamodules.shard_writer import ClipSource, write_shards
 from mvclip.datamodules.transforms import VideoTransform, random_resized_crop_box
 from mvclip.datamodules.views import decode_views
+from mvclip.errors import ConfigError
+from mvclip.losses import DistillationLoss
+from mvclip.losses.base import ModelOutputs
 from tests.data.loader_fixtures import encode_clip, stub_tokenize
 
 import mvclip.reinforce as reinforce
@@ -198,6 +205,34 @@ def test_collate_gives_teacher_dicts_of_batch_rows(reinforced):
     batches = list(dataset)
     assert len(batches) == 2 and all(b["bad_samples"]["good"] == 2 for b in batches)
     assert all({n: tuple(t.shape) for n, t in b["teacher_text"].items()} == {"a": (2, 32), "b": (2, 24)} for b in batches)
+
+
+def test_data_module_hands_the_manifests_teacher_scales_to_the_loss(reinforced, tmp_path):
+    """Each teacher's logit scale travels from the manifest into the training batch, and the distillation loss uses it."""
+    out = reinforced["root"] / "out"
+    manifest = json.loads((out / "manifest.json").read_text())
+    data = VideoTextDataModule(train=str(out), frames=4, resolution=32, short_side=32, batch_size=2, num_workers=0)
+    batch = data.on_before_batch_transfer(collate_train([_decoder()(raw, random.Random(0)) for raw in reinforced["raws"][:2]]), 0)
+    assert batch["teacher_logit_scale"] == {n: manifest["teachers"][n]["logit_scale"] for n in ("a", "b")}
+    # a brace pattern over the same shards reads the same manifest; shards without teachers give none
+    assert teacher_logit_scales(str(out / "shard-{000000..000001}.tar")) == batch["teacher_logit_scale"]
+    assert teacher_logit_scales(str(reinforced["root"] / "in")) == {}
+    # the loss takes the batch's scale when the recipe states none, and the recipe's when it does
+    g = torch.Generator().manual_seed(0)
+    outputs = ModelOutputs(F.normalize(torch.randn(2, 8, generator=g), dim=-1), F.normalize(torch.randn(2, 8, generator=g), dim=-1),
+                           torch.tensor(10.0))
+    batch["teacher_logit_scale"] = {"a": 3.0, "b": 3.0}
+    from_batch = DistillationLoss(weight=1.0)(outputs, batch)["kd"]
+    assert torch.allclose(from_batch, DistillationLoss(weight=1.0, teacher_logit_scale=3.0)(outputs, batch)["kd"])
+    assert not torch.allclose(DistillationLoss(weight=1.0, teacher_logit_scale=30.0)(outputs, batch)["kd"], from_batch)
+    # two manifests that disagree on a teacher's scale: one line naming the manifest
+    other = tmp_path / "other"
+    shutil.copytree(out, other)
+    changed = json.loads((other / "manifest.json").read_text())
+    changed["teachers"]["a"]["logit_scale"] = 1.0
+    (other / "manifest.json").write_text(json.dumps(changed))
+    with pytest.raises(ConfigError, match=r"other/manifest.json: teacher 'a' has logit_scale 1.0"):
+        teacher_logit_scales(f"{out}/shard-000000.tar::{other}/shard-000000.tar")
 
 
 def test_shards_without_teachers_decode_as_before(reinforced):

@@ -19,7 +19,7 @@ import torch
 from mvclip.datamodules import remote_files
 from mvclip.datamodules.bad_samples import BadSampleCounter
 from mvclip.datamodules.datamodule import VideoTextDataModule
-from mvclip.datamodules.shard_reading import Shard, count_samples, iter_tar, list_shards
+from mvclip.datamodules.shard_reading import Shard, count_samples, iter_tar, list_shards, teacher_logit_scales
 from mvclip.errors import ConfigError
 
 from loader_fixtures import encode_clip, meta, stub_tokenize, write_tar_shards
@@ -47,6 +47,9 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         shutil.copy(base / "ours" / name, base / "bare" / name)
         shutil.copy(base / "ours" / name, base / "badmanifest" / name)
     (base / "badmanifest" / "manifest.json").write_text("{")
+    shutil.copytree(base / "ours", base / "taught")  # as `python -m mvclip teacher` records its teachers
+    manifest = json.loads((base / "ours" / "manifest.json").read_text())
+    (base / "taught" / "manifest.json").write_text(json.dumps({**manifest, "teachers": {"big": {"logit_scale": 17.5}}}))
     _write_video2dataset(base / "v2d", clip)
     return base
 
@@ -120,6 +123,14 @@ def test_http_listing_reads_only_the_manifest(server: tuple[str, list[str]]) -> 
     shards = list_shards(f"{base}/ours/train-{{000000..000001}}.tar")
     assert shards == [Shard(f"{base}/ours/train-000000.tar", 2), Shard(f"{base}/ours/train-000001.tar", 2)]
     assert seen == ["/ours/manifest.json"]  # one small file, no shard
+
+
+def test_teacher_logit_scales_over_http_read_only_the_manifest(server: tuple[str, list[str]]) -> None:
+    base, seen = server
+    seen.clear()
+    assert teacher_logit_scales(f"{base}/taught/train-{{000000..000001}}.tar") == {"big": 17.5}
+    assert teacher_logit_scales(f"{base}/ours/train-{{000000..000001}}.tar") == {}  # shards without teachers
+    assert seen == ["/taught/manifest.json", "/ours/manifest.json"]
 
 
 def test_training_and_evaluation_over_http_match_local_reading(server: tuple[str, list[str]], root: Path) -> None:

@@ -7,7 +7,8 @@ For one rank's ``B`` rows and the ``N`` columns of the global batch, with softma
 
 ``V``, ``T``: the student's unit-norm video and text embeddings, ``s``: its (learnable) logit scale;
 ``V'_k``, ``T'_k``: teacher ``k``'s unit-norm embeddings of the same clip view and caption, ``s_k``: its
-logit scale (``teacher_logit_scale``, 100 by default, or the batch's ``teacher_logit_scale[k]``).
+logit scale: ``teacher_logit_scale`` when the recipe states one, else the batch's ``teacher_logit_scale[k]`` (the
+data module fills it from the reinforced shards' manifest), else 100 (CLIP's cap, MobileCLIP's teachers').
 Then, with ``KL(Q || P)`` summed over a row's columns and averaged over the rows,
 
     kd   = (1 / K) * sum_k ( KL(Q_v2t || P_v2t) + KL(Q_t2v || P_t2v) ) / 2
@@ -43,6 +44,7 @@ __all__ = ["DistillationLoss", "TEACHER_VIDEO", "TEACHER_TEXT", "TEACHER_LOGIT_S
 TEACHER_VIDEO = "teacher_video"  # batch key: {teacher name: (B, D_teacher) unit-norm video embeddings}
 TEACHER_TEXT = "teacher_text"  # batch key: {teacher name: (B, D_teacher) unit-norm caption embeddings}
 TEACHER_LOGIT_SCALE = "teacher_logit_scale"  # optional batch key: {teacher name: its logit scale}
+DEFAULT_TEACHER_LOGIT_SCALE = 100.0  # CLIP's cap, where CLIP-family teachers end training
 
 
 def _kl_rows(teacher_logits: Tensor, student_logits: Tensor) -> Tensor:
@@ -58,8 +60,9 @@ class DistillationLoss(TrainingLoss):
 
     Args:
         weight: lambda in [0, 1], the share of the distillation term.
-        teacher_logit_scale: the scale (1 / temperature) of the teachers' similarities, used for every teacher the
-            batch gives no ``teacher_logit_scale`` for.
+        teacher_logit_scale: the scale (1 / temperature) of every teacher's similarities. None (default): each
+            teacher's own, which the batch's ``teacher_logit_scale`` carries from the shards' manifest, and 100 for a
+            teacher it gives none for. A number overrides the manifest (e.g. to sharpen the teachers).
         teachers: the teacher names to distil from (default: every teacher in the batch).
         gather_with_grad, local_loss, world_size, rank, group: as for ``VideoTextContrastiveLoss``.
 
@@ -70,7 +73,7 @@ class DistillationLoss(TrainingLoss):
         self,
         *,
         weight: float = 0.5,
-        teacher_logit_scale: float = 100.0,
+        teacher_logit_scale: float | None = None,
         teachers: list[str] | None = None,
         local_loss: bool = True,
         gather_with_grad: bool = True,
@@ -81,13 +84,14 @@ class DistillationLoss(TrainingLoss):
         super().__init__()
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= weight <= 1.0:
             raise ValueError(f"weight: expected a number in [0, 1] (the distillation share), got {weight!r}")
-        if (isinstance(teacher_logit_scale, bool) or not isinstance(teacher_logit_scale, (int, float))
+        if teacher_logit_scale is not None and (
+                isinstance(teacher_logit_scale, bool) or not isinstance(teacher_logit_scale, (int, float))
                 or not math.isfinite(teacher_logit_scale) or teacher_logit_scale <= 0):
             raise ValueError(f"teacher_logit_scale: expected a finite number > 0, got {teacher_logit_scale!r}")
         if teachers is not None and (isinstance(teachers, str) or not teachers or not all(isinstance(t, str) for t in teachers)):
             raise ValueError(f"teachers: expected a non-empty list of teacher names, got {teachers!r}")
         self.weight = float(weight)
-        self.teacher_logit_scale = float(teacher_logit_scale)
+        self.teacher_logit_scale = None if teacher_logit_scale is None else float(teacher_logit_scale)
         self.teachers = list(teachers) if teachers is not None else None
         self.vtc = VideoTextContrastiveLoss(local_loss=local_loss, gather_with_grad=gather_with_grad, world_size=world_size,
                                             rank=rank, group=group)
@@ -118,10 +122,13 @@ class DistillationLoss(TrainingLoss):
         return pairs
 
     def _scale_of(self, batch: Mapping[str, Any], name: str) -> float:
-        """The batch's scale for teacher `name` (a number, or a per-sample tensor of one repeated value), else the default."""
+        """The stated scale, else the batch's for teacher `name` (a number, or a per-sample tensor of one repeated
+        value), else 100."""
+        if self.teacher_logit_scale is not None:
+            return self.teacher_logit_scale
         scales = batch.get(TEACHER_LOGIT_SCALE)
         if not isinstance(scales, Mapping) or name not in scales:
-            return self.teacher_logit_scale
+            return DEFAULT_TEACHER_LOGIT_SCALE
         value = torch.as_tensor(scales[name], dtype=torch.float64).flatten()
         if value.numel() == 0 or not bool((value == value[0]).all()) or not math.isfinite(float(value[0])) or value[0] <= 0:
             raise ValueError(f"batch[{TEACHER_LOGIT_SCALE!r}][{name!r}]: expected one finite scale > 0, got {value.tolist()}")
