@@ -6,6 +6,7 @@ yields the samples before the damage and is counted once as `truncated_shard` (:
 """
 from __future__ import annotations
 
+import math
 import re
 import tarfile
 import tempfile
@@ -115,6 +116,8 @@ def teacher_logit_scales(pattern: str) -> dict[str, float]:
             scale = record.get("logit_scale") if isinstance(record, dict) else None
             if scale is None:
                 continue
+            if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+                raise ConfigError(f"{where}: teachers.{name}.logit_scale: expected a finite number > 0, got {scale!r}")
             if name in scales and scales[name] != float(scale):
                 raise ConfigError(f"{where}: teacher {name!r} has logit_scale {scale}, another manifest of {pattern!r} "
                                   f"has {scales[name]}; reinforce all training shards with the same teacher")

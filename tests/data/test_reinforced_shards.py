@@ -233,6 +233,12 @@ def test_data_module_hands_the_manifests_teacher_scales_to_the_loss(reinforced, 
     (other / "manifest.json").write_text(json.dumps(changed))
     with pytest.raises(ConfigError, match=r"other/manifest.json: teacher 'a' has logit_scale 1.0"):
         teacher_logit_scales(f"{out}/shard-000000.tar::{other}/shard-000000.tar")
+    # a scale that is no usable number: one line naming the manifest and the key, before training
+    for bad in ("abc", -1.0, float("nan"), True):
+        changed["teachers"]["a"]["logit_scale"] = bad
+        (other / "manifest.json").write_text(json.dumps(changed))
+        with pytest.raises(ConfigError, match=r"other/manifest.json: teachers.a.logit_scale: expected a finite number > 0"):
+            teacher_logit_scales(str(other))
 
 
 def test_shards_without_teachers_decode_as_before(reinforced):
