@@ -53,29 +53,29 @@ def list_shards(pattern: str, epoch_samples: int | None = None, *, where: str = 
     file, each gets an even share of ``epoch_samples`` (a weight for splitting the epoch's work; training only), and
     without ``epoch_samples`` that is a ConfigError naming ``where`` and the pattern.
     """
-    from braceexpand import braceexpand
-
     if not is_remote(pattern) and Path(pattern).is_dir():
         return _list_folder(Path(pattern))
-    urls = [u for part in pattern.split("::") for u in braceexpand(part)]
+    urls = _expand(pattern)
     if not urls:
         raise FileNotFoundError(f"shard pattern {pattern!r} expands to no paths")
-    counts: dict[str, int] = {}
-    for parent in {str(Path(u).parent) for u in urls if not is_remote(u)}:
-        if (Path(parent) / MANIFEST_NAME).is_file():
-            for s in read_manifest(parent)["shards"]:
-                counts[str(Path(parent) / s["name"])] = int(s["samples"])
     missing = [u for u in urls if not is_remote(u) and not Path(u).is_file()]
     if missing:
         raise FileNotFoundError(
             f"shard pattern {pattern!r}: {len(missing)} of {len(urls)} shards do not exist, e.g. {missing[0]}"
         )
+    manifests, absent = manifests_beside(urls)
+    listed = {where: {s["name"]: int(s["samples"]) for s in m["shards"]} for where, m in manifests.items()}
+    counts: dict[str, int] = {}
+    for u in urls:
+        samples = listed.get(sibling(u, MANIFEST_NAME) or "", {}).get(shard_basename(u) or "")
+        if samples is not None:
+            counts[u] = samples
     remote = [u for u in urls if is_remote(u)]
-    manifest_urls = _remote_counts(remote, counts) if remote else []
+    _stats_counts([u for u in remote if u not in counts], counts)
     unknown = [u for u in remote if u not in counts]
     if unknown:
         if not epoch_samples:
-            tried = manifest_urls[0] if manifest_urls else f"beside {unknown[0]}"
+            tried = absent[0] if absent else f"beside {unknown[0]}"
             raise ConfigError(
                 f"{where}: {pattern!r}: sample counts of {len(unknown)} remote shards are unknown (no {MANIFEST_NAME} "
                 f"at {tried}, no <shard>{STATS_SUFFIX}) and shards are not downloaded to count them; write a "
@@ -83,34 +83,42 @@ def list_shards(pattern: str, epoch_samples: int | None = None, *, where: str = 
             )
         share = max(1, epoch_samples // len(urls))
         counts.update({u: share for u in unknown})
-    out = []
-    for u in urls:
-        key = u if is_remote(u) else str(Path(u))
-        out.append(Shard(u, counts[key] if key in counts else _count_local(u)))
-    return out
+    return [Shard(u, counts[u] if u in counts else _count_local(u)) for u in urls]
+
+
+def manifests_beside(urls: list[str]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """The ``manifest.json`` of each folder these shards sit in, keyed by its address (a path, a URL or a ``pipe:``
+    command), read once per folder: a remote one is one small fetch, its shards are never downloaded. Also returns the
+    remote manifest addresses that were asked for and not there (a local folder without one is not asked)."""
+    found: dict[str, dict[str, Any]] = {}
+    absent: list[str] = []
+    for where in sorted({m for m in (sibling(u, MANIFEST_NAME) for u in urls) if m is not None}):
+        if not is_remote(where):
+            if Path(where).is_file():
+                found[where] = read_manifest(Path(where).parent)
+            continue
+        data = fetch_small(where)
+        if data is None:
+            absent.append(where)
+        else:
+            found[where] = _parse_manifest(data, where)
+    return found, absent
+
+
+def manifests_of(pattern: str) -> dict[str, dict[str, Any]]:
+    """The manifests of a pattern's shards, keyed by address: a folder's own, or those beside its shards."""
+    if not is_remote(pattern) and Path(pattern).is_dir():
+        path = Path(pattern) / MANIFEST_NAME
+        return {str(path): read_manifest(pattern)} if path.is_file() else {}
+    return manifests_beside(_expand(pattern))[0]
 
 
 def teacher_logit_scales(pattern: str) -> dict[str, float]:
     """{teacher name: its logit scale} from the ``teachers`` of the manifests beside a pattern's shards (written by
     ``python -m mvclip teacher``); empty for shards without teachers or without a manifest. A name two manifests
     give different scales is a ConfigError: one loss cannot take both."""
-    from braceexpand import braceexpand
-
-    manifests: list[tuple[str, dict[str, Any]]] = []
-    if not is_remote(pattern) and Path(pattern).is_dir():
-        if (Path(pattern) / MANIFEST_NAME).is_file():
-            manifests.append((str(Path(pattern) / MANIFEST_NAME), read_manifest(pattern)))
-    else:
-        urls = [u for part in pattern.split("::") for u in braceexpand(part)]
-        for folder in sorted({str(Path(u).parent) for u in urls if not is_remote(u)}):
-            if (Path(folder) / MANIFEST_NAME).is_file():
-                manifests.append((str(Path(folder) / MANIFEST_NAME), read_manifest(folder)))
-        for url in sorted({m for m in (sibling(u, MANIFEST_NAME) for u in urls if is_remote(u)) if m is not None}):
-            data = fetch_small(url)
-            if data is not None:
-                manifests.append((url, _parse_manifest(data, url)))
     scales: dict[str, float] = {}
-    for where, manifest in manifests:
+    for where, manifest in manifests_of(pattern).items():
         teachers = manifest.get("teachers") or {}
         for name, record in teachers.items() if isinstance(teachers, dict) else ():
             scale = record.get("logit_scale") if isinstance(record, dict) else None
@@ -123,6 +131,13 @@ def teacher_logit_scales(pattern: str) -> dict[str, float]:
                                   f"has {scales[name]}; reinforce all training shards with the same teacher")
             scales[name] = float(scale)
     return scales
+
+
+def _expand(pattern: str) -> list[str]:
+    """The shard paths/URLs of a pattern: ``::``-joined parts, each brace-expanded."""
+    from braceexpand import braceexpand
+
+    return [u for part in pattern.split("::") for u in braceexpand(part)]
 
 
 def _list_folder(folder: Path) -> list[Shard]:
@@ -147,30 +162,15 @@ def _count_local(path: str) -> int:
     return count_samples(path)
 
 
-def _remote_counts(urls: list[str], counts: dict[str, int]) -> list[str]:
-    """Fill ``counts`` for remote shards from the manifest of each folder (one small fetch per folder), else from
-    video2dataset stats files (tried once per folder, then fetched for all its shards). Returns the manifest URLs
-    that were tried and not found."""
+def _stats_counts(urls: list[str], counts: dict[str, int]) -> None:
+    """Fill ``counts`` for remote shards no manifest counted from video2dataset's stats files: tried once per folder,
+    then fetched for all that folder's shards (a folder without them is not asked again for every shard)."""
     folders: dict[str | None, list[str]] = {}
     for u in urls:
         folders.setdefault(sibling(u, MANIFEST_NAME), []).append(u)
-    absent = []
-    for manifest_url, members in folders.items():
-        if manifest_url is None:
-            continue
-        data = fetch_small(manifest_url)
-        if data is None:
-            absent.append(manifest_url)
-            continue
-        listed = {s["name"]: int(s["samples"]) for s in _parse_manifest(data, manifest_url)["shards"]}
-        for u in members:
-            name = shard_basename(u)
-            if name in listed:
-                counts[u] = listed[name]
     for members in folders.values():
-        todo = [u for u in members if u not in counts]
-        stats_urls = {u: _stats_url(u) for u in todo}
-        todo = [u for u in todo if stats_urls[u] is not None]
+        stats_urls = {u: _stats_url(u) for u in members}
+        todo = [u for u in members if stats_urls[u] is not None]
         if not todo:
             continue
         first = fetch_small(stats_urls[todo[0]])  # type: ignore[arg-type]
@@ -181,7 +181,6 @@ def _remote_counts(urls: list[str], counts: dict[str, int]) -> list[str]:
             for u, data in zip(todo[1:], pool.map(fetch_small, [stats_urls[u] for u in todo[1:]])):
                 if data is not None:
                     counts[u] = samples_from_stats(data, stats_urls[u])  # type: ignore[arg-type]
-    return absent
 
 
 def _stats_url(url: str) -> str | None:

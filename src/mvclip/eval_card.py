@@ -103,18 +103,13 @@ class EvalCard:
 
 def split_record(pattern: str | None) -> dict[str, Any]:
     """The benchmark record (`benchmark`, `split_hash`, `split_files`, ...) of the shards at `pattern`: the options of
-    the `manifest.json` in that folder (or beside its first shard); {} when there is none (e.g. remote shards)."""
+    the `manifest.json` in that folder or beside its first shards (local or remote); {} when there is none."""
     if not pattern:
         return {}
-    first = str(pattern).split("::")[0]
-    folder = Path(first) if Path(first).is_dir() else Path(first.split("{")[0]).parent
-    manifest = folder / "manifest.json"
-    if not manifest.is_file():
-        return {}
-    try:
-        options = json.loads(manifest.read_text(encoding="utf-8")).get("options") or {}
-    except (OSError, ValueError, AttributeError):
-        return {}
+    from mvclip.datamodules.shard_reading import manifests_of
+
+    manifests = list(manifests_of(str(pattern).split("::")[0]).values())
+    options = (manifests[0].get("options") or {}) if manifests else {}
     return {k: options[k] for k in ("benchmark", "split_hash", "split_files", "class_names", "num_videos", "num_captions")
             if k in options}
 

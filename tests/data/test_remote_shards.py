@@ -21,6 +21,7 @@ from mvclip.datamodules.bad_samples import BadSampleCounter
 from mvclip.datamodules.datamodule import VideoTextDataModule
 from mvclip.datamodules.shard_reading import Shard, count_samples, iter_tar, list_shards, teacher_logit_scales
 from mvclip.errors import ConfigError
+from mvclip.eval_card import split_record
 
 from loader_fixtures import encode_clip, meta, stub_tokenize, write_tar_shards
 
@@ -49,7 +50,9 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (base / "badmanifest" / "manifest.json").write_text("{")
     shutil.copytree(base / "ours", base / "taught")  # as `python -m mvclip teacher` records its teachers
     manifest = json.loads((base / "ours" / "manifest.json").read_text())
-    (base / "taught" / "manifest.json").write_text(json.dumps({**manifest, "teachers": {"big": {"logit_scale": 17.5}}}))
+    options = {**manifest.get("options", {}), "benchmark": "msrvtt_1ka", "split_hash": "0123abcd4567"}
+    (base / "taught" / "manifest.json").write_text(
+        json.dumps({**manifest, "options": options, "teachers": {"big": {"logit_scale": 17.5}}}))
     _write_video2dataset(base / "v2d", clip)
     return base
 
@@ -131,6 +134,15 @@ def test_teacher_logit_scales_over_http_read_only_the_manifest(server: tuple[str
     assert teacher_logit_scales(f"{base}/taught/train-{{000000..000001}}.tar") == {"big": 17.5}
     assert teacher_logit_scales(f"{base}/ours/train-{{000000..000001}}.tar") == {}  # shards without teachers
     assert seen == ["/taught/manifest.json", "/ours/manifest.json"]
+
+
+def test_remote_benchmark_record_comes_from_its_manifest(server: tuple[str, list[str]]) -> None:
+    base, seen = server
+    seen.clear()
+    record = split_record(f"{base}/taught/train-{{000000..000001}}.tar")
+    assert record == {"benchmark": "msrvtt_1ka", "split_hash": "0123abcd4567"}
+    assert split_record(f"{base}/bare/train-000000.tar") == {}  # no manifest there: nothing to record
+    assert seen == ["/taught/manifest.json", "/bare/manifest.json"]
 
 
 def test_training_and_evaluation_over_http_match_local_reading(server: tuple[str, list[str]], root: Path) -> None:
