@@ -38,6 +38,7 @@ from mvclip.datamodules.transforms import VideoTransform
 from mvclip.lightning_module import VideoTextModule
 from mvclip.model import TextEncoder
 from mvclip.metrics import RetrievalMetric
+from mvclip.registry import REGISTRY
 from mvclip.schedule import warmup_cosine
 from mvclip.tokenizer import tokenize
 from mvclip.zeroshot import ZeroShotAccuracy, build_classifier
@@ -144,9 +145,15 @@ def main(argv=None):
                    help="events: no text side; a linear head on the video embedding learns the nine event labels "
                         "with cross-entropy (what the video tower can learn when supervised directly)")
     p.add_argument("--name", default="run")
+    p.add_argument("--eval_every", type=int, default=0,
+                   help="also evaluate (and append a line) every N steps, to see the learning curve")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--plugin", action="append", default=[],
+                   help="a .py file or module of probe blocks to register first (e.g. bench/probes/spatial_position.py)")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "temporal_levers.jsonl")
     args = p.parse_args(argv)
+    for plugin in args.plugin:
+        REGISTRY.import_plugin(plugin, path="--plugin")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     random.seed(args.seed)
@@ -249,6 +256,12 @@ def main(argv=None):
                 "pair_cos": round(statistics.fmean(pair_cos), 4), "rev_sens": round(rev, 5),
                 "text_twin_cos": round(statistics.fmean(tcos), 4)}
 
+    def write(res: dict) -> None:
+        print("RESULT " + json.dumps(res), flush=True)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.out, "a") as f:
+            f.write(json.dumps({**res, "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}) + "\n")
+
     model.train()
     step = 0
     epoch = 0
@@ -282,14 +295,13 @@ def main(argv=None):
             with torch.no_grad():
                 model.logit_scale.clamp_(0, math.log(100))
             step += 1
+            if args.eval_every and step % args.eval_every == 0 and step < args.steps:
+                write({"name": args.name, "step": step, "time_s": round(time.time() - t0, 1), **evaluate(),
+                       **temporal_stats()})
             if step % 25 == 0:
                 print(json.dumps({"step": step, "loss": round(loss.item(), 4), "s": round(time.time() - t0, 1),
                                   "scale": round(model.logit_scale.exp().item(), 2), **temporal_stats()}), flush=True)
-    res = {"name": args.name, "step": step, "time_s": round(time.time() - t0, 1), **evaluate(), **temporal_stats()}
-    print("RESULT " + json.dumps(res), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "a") as f:
-        f.write(json.dumps({**res, "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}) + "\n")
+    write({"name": args.name, "step": step, "time_s": round(time.time() - t0, 1), **evaluate(), **temporal_stats()})
 
 
 if __name__ == "__main__":
