@@ -35,6 +35,7 @@ from mvclip.datamodules.pipeline import shuffle_buffer
 from mvclip.datamodules.sampling import sample_indices
 from mvclip.datamodules.synthetic import ensure_synthetic_dataset
 from mvclip.datamodules.transforms import VideoTransform
+from mvclip.freezing import apply_freezing
 from mvclip.lightning_module import VideoTextModule
 from mvclip.model import TextEncoder
 from mvclip.metrics import RetrievalMetric
@@ -140,6 +141,9 @@ def main(argv=None):
     p.add_argument("--module", default="{}", help="JSON of extra VideoTextModule kwargs")
     p.add_argument("--text", default="tower", choices=["tower", "bow"],
                    help="bow: the text side is the mean of learned word embeddings (a probe, not a model option)")
+    p.add_argument("--text_from", type=Path, default=None,
+                   help="a run's checkpoint whose text tower (model.text.*) is loaded first, e.g. with "
+                        "--module '{\"freeze\": [\"text\"]}' to align to a trained, frozen text tower as MobileViCLIP does")
     p.add_argument("--scale", type=float, default=0.0, help="fixed logit scale (0: learn)")
     p.add_argument("--objective", default="vtc", choices=["vtc", "events"],
                    help="events: no text side; a linear head on the video embedding learns the nine event labels "
@@ -173,9 +177,19 @@ def main(argv=None):
 
     if args.text == "bow":
         TextEncoder.forward = bag_of_words
-    module = VideoTextModule(model=args.model, overrides=json.loads(args.overrides), freeze=[], lr=args.lr,
-                             weight_decay=0.05, warmup_steps=args.warmup, **json.loads(args.module))
+    module_kwargs = {"freeze": [], **json.loads(args.module)}
+    module = VideoTextModule(model=args.model, overrides=json.loads(args.overrides), lr=args.lr,
+                             weight_decay=0.05, warmup_steps=args.warmup, **module_kwargs)
     model = module.model
+    if args.text_from is not None:
+        state = torch.load(args.text_from, map_location="cpu", weights_only=True)["state_dict"]
+        text_state = {k[len("model.text."):]: v for k, v in state.items() if k.startswith("model.text.")}
+        model.text.load_state_dict(text_state)
+
+    def train_mode() -> None:
+        """Train mode, except the modules `freeze` keeps in eval mode (their BatchNorm statistics stay)."""
+        model.train()
+        apply_freezing(model, module.freeze_plan)
     if args.scale:
         model.logit_scale.data.fill_(math.log(args.scale)); model.logit_scale.requires_grad_(False)
     head = None
@@ -209,7 +223,7 @@ def main(argv=None):
         vr = torch.cat([model.encode_video(val_video[i:i + 64].flip(1)) for i in range(0, len(val_keys), 64)])
         top1 = (head(v).argmax(-1) == labels).float().mean().item()
         rev = (1 - F.cosine_similarity(v, vr, dim=-1)).mean().item()
-        model.train()
+        train_mode()
         return {"event_top1": round(100 * top1, 2), "rev_sens": round(rev, 5)}
 
     @torch.no_grad()
@@ -250,7 +264,7 @@ def main(argv=None):
         for k in val_keys:
             tw = val_meta[k]["twin"]
             tcos.append(float(cap_rows[k][0] @ cap_rows[tw][0]))
-        model.train()
+        train_mode()
         return {"t2v_r1": round(res["t2v/R@1"], 2), "t2v_r5": round(res["t2v/R@5"], 2), "v2t_r1": round(res["v2t/R@1"], 2),
                 "zs_top1": round(zres["top1"], 2), "twin": round(100 * statistics.fmean(right), 1),
                 "pair_cos": round(statistics.fmean(pair_cos), 4), "rev_sens": round(rev, 5),
@@ -262,7 +276,7 @@ def main(argv=None):
         with open(args.out, "a") as f:
             f.write(json.dumps({**res, "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}) + "\n")
 
-    model.train()
+    train_mode()
     step = 0
     epoch = 0
     t0 = time.time()

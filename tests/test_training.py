@@ -93,6 +93,28 @@ def test_init_from_is_strict_and_reports_when_not(tmp_path, tiny_model_config):
     assert lrs["pretrained/decay"] == pytest.approx(1e-4) and lrs["new/decay"] == pytest.approx(1e-3)
 
 
+def test_init_parts_takes_only_the_text_tower(tmp_path, tiny_model_config):
+    source = VideoTextModule(model=tiny_model_config)
+    for t in source.parameters():  # every tensor differs from a fresh model's
+        t.data.normal_()
+    ckpt = tmp_path / "source.ckpt"
+    torch.save({"state_dict": source.state_dict()}, ckpt)
+    torch.manual_seed(123)
+    fresh = VideoTextModule(model=tiny_model_config)
+    torch.manual_seed(123)
+    module = VideoTextModule(model=tiny_model_config, init_from=str(ckpt), init_parts=["text"], freeze=["text"])
+    text_keys = [k for k in module.model.state_dict() if k.startswith("text.")]
+    assert sorted(module.init_report.loaded) == sorted(text_keys) and not module.init_report.missing
+    for key, value in module.model.state_dict().items():
+        expected = (source if key.startswith("text.") else fresh).model.state_dict()[key]
+        assert torch.equal(value, expected), key
+    assert {n for n, p in module.model.named_parameters() if not p.requires_grad} == {n for n, _ in module.model.named_parameters() if n.startswith("text.")}
+    with pytest.raises(ConfigError, match=r"model.init_parts \['txt'\]: .* holds none of these parts"):
+        VideoTextModule(model=tiny_model_config, init_from=str(ckpt), init_parts=["txt"], init_strict=False)
+    with pytest.raises(ConfigError, match=r"model.init_parts: expected a list of parameter patterns"):
+        VideoTextModule(model=tiny_model_config, init_from=str(ckpt), init_parts="text")
+
+
 def test_print_config_with_dotted_overrides():
     out = cli("fit", "--config", "recipes/small.yaml", "--model.freeze=[text]", "--data.frames=16", "--print_config").stdout
     assert "frames: 16" in out and "- text" in out and "model: recipes/models/tiny_cpu.yaml" in out

@@ -6,6 +6,7 @@ import os
 import pickle
 import re
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,10 +111,15 @@ class LoadReport:
         return "; ".join(parts)
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike[str], *, strict: bool = True) -> LoadReport:
-    """Load an mvclip checkpoint into `model`; strict unless told otherwise, with a report either way."""
+def load_weights(model: nn.Module, path: str | os.PathLike[str], *, strict: bool = True,
+                 include: Callable[[str], bool] | None = None) -> LoadReport:
+    """Load an mvclip checkpoint into `model`; strict unless told otherwise, with a report either way. `include`
+    keeps only the tensors it accepts, on both sides (a part of the model from another run: its text tower, say)."""
     state = read_state_dict(path)
     own = model.state_dict()
+    if include is not None:
+        state = {k: v for k, v in state.items() if include(k)}
+        own = {k: v for k, v in own.items() if include(k)}
     report = LoadReport()
     usable, mismatched = {}, set()
     for key, value in state.items():
@@ -127,7 +133,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str], *, strict: bool
             report.loaded.append(key)
     # load first: a module's load hook may fill keys the file lacks (a side network's copy of the backbone head)
     result = model.load_state_dict(usable, strict=False)
-    report.missing = [k for k in result.missing_keys if k not in mismatched]
+    report.missing = [k for k in result.missing_keys if k not in mismatched and k in own]
     if strict and (report.missing or report.unexpected or report.mismatched):
         raise ConfigError(f"{path}: does not match the model (strict loading): {report}. Pass strict=False (init_strict: false) to load what fits.")
     return report

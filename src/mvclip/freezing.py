@@ -8,7 +8,7 @@ a parameter if it equals the name or a prefix of it at a dot, or if it fnmatch-e
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from torch import nn
@@ -38,6 +38,14 @@ def match_parameters(model: nn.Module, patterns: Sequence[str], *, path: str) ->
             )
         matched |= hits
     return matched
+
+
+def parts_filter(patterns: Sequence[str], *, path: str) -> Callable[[str], bool]:
+    """A predicate on state-dict keys (parameters and buffers) for `patterns` in `freeze`'s syntax (`[text]`)."""
+    if isinstance(patterns, str) or not all(isinstance(p, str) and p for p in patterns):
+        raise ConfigError(f"{path}: expected a list of parameter patterns such as [text], got {patterns!r}")
+    expanded = [q for p in patterns for q in ALIASES.get(p, [p])]
+    return lambda key: any(_matches(key, p) for p in expanded)
 
 
 def frozen_by_design(model: nn.Module) -> set[str]:

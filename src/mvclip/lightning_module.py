@@ -17,7 +17,7 @@ from mvclip.contracts import no_decay_names
 from mvclip.layers.memory_format import to_channels_last
 from mvclip.errors import ConfigError
 from mvclip.eval_card import CARD_KEY, EvalCard, EvalProtocol, make_card, split_record, write_card
-from mvclip.freezing import FreezePlan, apply_freezing, plan_freezing
+from mvclip.freezing import FreezePlan, apply_freezing, parts_filter, plan_freezing
 from mvclip.losses import ModelOutputs, build_loss, clamp_logit_scale_
 from mvclip.markdown import print_table
 from mvclip.metrics import RetrievalMetric
@@ -77,6 +77,9 @@ class VideoTextModule(L.LightningModule):
             `logit_scale` wins over the files' value.
         init_strict: every tensor of `pretrained` and `init_from` must land in the model and every model tensor their
             layout carries must be in them (false: load what fits).
+        init_parts: take only these parts from `init_from` (parameter patterns in `freeze`'s syntax, e.g. `[text]`: a
+            trained text tower from another run, as MobileViCLIP starts from a pretrained one); the rest keeps its
+            initialization, and `init_strict` applies within the parts.
         pretrained_lr_mult: learning-rate multiplier for parameters that came from `pretrained` or `init_from`,
             relative to new ones.
         temporal_lr_mult: learning-rate multiplier for the parameters blocks declare as temporal (`temporal_state`:
@@ -121,6 +124,7 @@ class VideoTextModule(L.LightningModule):
         pretrained: str | None = None,
         init_from: str | None = None,
         init_strict: bool = True,
+        init_parts: list[str] | None = None,
         pretrained_lr_mult: float = 1.0,
         temporal_lr_mult: float = 1.0,
         lr_mult: dict[str, float] | None = None,
@@ -153,7 +157,10 @@ class VideoTextModule(L.LightningModule):
             self.pretrained_names |= set(self.pretrained_report.loaded)
             print(f"pretrained {self.pretrained_report}")
         if init_from:
-            self.init_report = load_weights(self.model, init_from, strict=init_strict)
+            include = parts_filter(init_parts, path="model.init_parts") if init_parts else None
+            self.init_report = load_weights(self.model, init_from, strict=init_strict, include=include)
+            if include is not None and not self.init_report.loaded:
+                raise ConfigError(f"model.init_parts {list(init_parts or [])}: {init_from} holds none of these parts")
             self.pretrained_names |= set(self.init_report.loaded)
             if not init_strict:
                 print(f"init_from {init_from}: {self.init_report}")
