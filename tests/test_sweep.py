@@ -65,15 +65,18 @@ def fake_metrics(run_dir, t2v_r1, *, kind="last", zeroshot=None, latency=10.0, t
 # -- the sweep file ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["block_design", "text_freeze", "sampling"])
+@pytest.mark.parametrize("name", ["block_design", "block_design_text_frozen", "text_freeze", "sampling"])
 def test_shipped_sweeps_parse(name):
     sweep = sw.load_sweep(ABLATIONS / f"{name}.yaml")
     assert sweep.name == name and sweep.base == "recipes/small.yaml" and sweep.baseline in sweep.variants
     assert sweep.overrides["trainer.max_steps"] == sweep.overrides["trainer.val_check_interval"] == 150
     inputs = [sweep.overrides["model.input"]] if "model.input" in sweep.overrides else [v["model.input"] for v in sweep.variants.values()]
     assert [i["resolution"] for i in inputs] == [64] * len(inputs) and "data.resolution" not in sweep.overrides
-    if name == "block_design":
+    if name.startswith("block_design"):
         assert list(sweep.variants) == ["frame_mean", "st_repmixer", "tpe_attention", "both"] and sweep.seeds == [0, 1]
+    if name == "block_design_text_frozen":  # the same variants, each aligned to one trained text tower, frozen
+        assert sweep.variants == sw.load_sweep(ABLATIONS / "block_design.yaml").variants
+        assert sweep.overrides["model.init_parts"] == sweep.overrides["model.freeze"] == ["text"]
 
 
 def test_defaults_and_overrides_order(tmp_path, minimal):
