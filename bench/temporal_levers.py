@@ -141,9 +141,6 @@ def main(argv=None):
     p.add_argument("--module", default="{}", help="JSON of extra VideoTextModule kwargs")
     p.add_argument("--text", default="tower", choices=["tower", "bow"],
                    help="bow: the text side is the mean of learned word embeddings (a probe, not a model option)")
-    p.add_argument("--text_from", type=Path, default=None,
-                   help="a run's checkpoint whose text tower (model.text.*) is loaded first, e.g. with "
-                        "--module '{\"freeze\": [\"text\"]}' to align to a trained, frozen text tower as MobileViCLIP does")
     p.add_argument("--scale", type=float, default=0.0, help="fixed logit scale (0: learn)")
     p.add_argument("--objective", default="vtc", choices=["vtc", "events"],
                    help="events: no text side; a linear head on the video embedding learns the nine event labels "
@@ -181,10 +178,6 @@ def main(argv=None):
     module = VideoTextModule(model=args.model, overrides=json.loads(args.overrides), lr=args.lr,
                              weight_decay=0.05, warmup_steps=args.warmup, **module_kwargs)
     model = module.model
-    if args.text_from is not None:
-        state = torch.load(args.text_from, map_location="cpu", weights_only=True)["state_dict"]
-        text_state = {k[len("model.text."):]: v for k, v in state.items() if k.startswith("model.text.")}
-        model.text.load_state_dict(text_state)
 
     def train_mode() -> None:
         """Train mode, except the modules `freeze` keeps in eval mode (their BatchNorm statistics stay)."""
