@@ -113,6 +113,8 @@ def test_init_parts_takes_only_the_text_tower(tmp_path, tiny_model_config):
         VideoTextModule(model=tiny_model_config, init_from=str(ckpt), init_parts=["txt"], init_strict=False)
     with pytest.raises(ConfigError, match=r"model.init_parts: expected a list of parameter patterns"):
         VideoTextModule(model=tiny_model_config, init_from=str(ckpt), init_parts="text")
+    with pytest.raises(ConfigError, match=r"model.init_parts \['text'\]: set model.init_from"):
+        VideoTextModule(model=tiny_model_config, init_parts=["text"])
 
 
 def test_print_config_with_dotted_overrides():
