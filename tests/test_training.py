@@ -111,8 +111,9 @@ def test_init_parts_takes_only_the_text_tower(tmp_path, tiny_model_config):
     assert {n for n, p in module.model.named_parameters() if not p.requires_grad} == {n for n, _ in module.model.named_parameters() if n.startswith("text.")}
     with pytest.raises(ConfigError, match=r"model.init_parts \['txt'\]: .* holds none of these parts"):
         VideoTextModule(model=tiny_model_config, init_from=str(ckpt), init_parts=["txt"], init_strict=False)
-    with pytest.raises(ConfigError, match=r"model.init_parts: expected a list of parameter patterns"):
-        VideoTextModule(model=tiny_model_config, init_from=str(ckpt), init_parts="text")
+    for bad in ("text", [], 5, [""]):  # a string, nothing, a number, an empty pattern: never "load everything"
+        with pytest.raises(ConfigError, match=r"model.init_parts: expected a non-empty list of parameter patterns"):
+            VideoTextModule(model=tiny_model_config, init_from=str(ckpt), init_parts=bad)
     with pytest.raises(ConfigError, match=r"model.init_parts \['text'\]: set model.init_from"):
         VideoTextModule(model=tiny_model_config, init_parts=["text"])
 

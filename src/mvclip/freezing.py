@@ -42,8 +42,8 @@ def match_parameters(model: nn.Module, patterns: Sequence[str], *, path: str) ->
 
 def parts_filter(patterns: Sequence[str], *, path: str) -> Callable[[str], bool]:
     """A predicate on state-dict keys (parameters and buffers) for `patterns` in `freeze`'s syntax (`[text]`)."""
-    if isinstance(patterns, str) or not all(isinstance(p, str) and p for p in patterns):
-        raise ConfigError(f"{path}: expected a list of parameter patterns such as [text], got {patterns!r}")
+    if not isinstance(patterns, (list, tuple)) or not patterns or not all(isinstance(p, str) and p for p in patterns):
+        raise ConfigError(f"{path}: expected a non-empty list of parameter patterns such as [text], got {patterns!r}")
     expanded = [q for p in patterns for q in ALIASES.get(p, [p])]
     return lambda key: any(_matches(key, p) for p in expanded)
 

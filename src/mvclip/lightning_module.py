@@ -156,10 +156,10 @@ class VideoTextModule(L.LightningModule):
             self.pretrained_report = load_pretrained(self.model, pretrained, strict=init_strict)
             self.pretrained_names |= set(self.pretrained_report.loaded)
             print(f"pretrained {self.pretrained_report}")
-        if init_parts and not init_from:
+        if init_parts is not None and not init_from:
             raise ConfigError(f"model.init_parts {init_parts!r}: set model.init_from to the checkpoint to take them from")
         if init_from:
-            include = parts_filter(init_parts, path="model.init_parts") if init_parts else None
+            include = parts_filter(init_parts, path="model.init_parts") if init_parts is not None else None
             self.init_report = load_weights(self.model, init_from, strict=init_strict, include=include)
             if include is not None and not self.init_report.loaded:
                 raise ConfigError(f"model.init_parts {list(init_parts or [])}: {init_from} holds none of these parts")
