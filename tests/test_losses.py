@@ -129,6 +129,41 @@ def test_distillation_without_teachers_names_model_loss():
         DistillationLoss(teachers=["x"])(outputs, batch)
 
 
+def test_text_uniformity_matches_hand_computed_3x3_and_weight_zero_is_vtc():
+    # rows i: log of the mean over the other two captions of exp(-2 |t_i - t_j|^2), |t_i - t_j|^2 = 2 - 2 t_i.t_j
+    outputs = _outputs(S_VIDEO, S_TEXT, 10.0)
+    expected_rows = []
+    for i, row in enumerate(S_TEXT):
+        others = [math.exp(-2.0 * (2.0 - 2.0 * _dot(row, other))) for j, other in enumerate(S_TEXT) if j != i]
+        expected_rows.append(math.log(sum(others) / len(others)))
+    expected = sum(expected_rows) / 3
+    vtc = VideoTextContrastiveLoss()(outputs, {})
+    out = VideoTextContrastiveLoss(text_uniformity=0.5)(outputs, {})
+    assert out["text_uniformity"].item() == pytest.approx(expected, abs=1e-6)
+    assert out["loss"].item() == pytest.approx(vtc["loss"].item() + 0.5 * expected, abs=1e-6)
+    assert torch.equal(out["vtc"], vtc["loss"]) and set(vtc) == {"loss", "vtc"}  # weight 0: VTC exactly, no extra part
+    for bad in ({"text_uniformity": -0.1}, {"uniformity_t": 0.0}):
+        with pytest.raises(ValueError, match="text_uniformity >= 0 and uniformity_t > 0"):
+            VideoTextContrastiveLoss(**bad)
+
+
+def test_text_uniformity_pulls_the_closest_captions_apart_and_ignores_identical_ones():
+    """A caption and its twin's at cosine 0.985 (the collapse measured under VTC): one gradient step on the term alone
+    moves them apart more than it moves the already distant pair; two identical captions get no push from each other."""
+    angle = math.acos(0.985)
+    text = torch.tensor([[1.0, 0.0, 0.0], [math.cos(angle), math.sin(angle), 0.0], [0.0, 0.0, 1.0]], requires_grad=True)
+    loss_fn = VideoTextContrastiveLoss(text_uniformity=1.0)
+    loss_fn.uniformity(text).backward()
+    with torch.no_grad():
+        stepped = F.normalize(text - 0.05 * text.grad, dim=-1)
+    assert stepped[0] @ stepped[1] < 0.985 - 1e-3                            # the twins separate
+    assert (stepped[0] @ stepped[1]).item() < (text[0] @ text[1]).item()
+    raw = torch.tensor([[2.0, 0.0], [3.0, 0.0]], requires_grad=True)  # normalized as the model does: one caption twice
+    value = loss_fn.uniformity(F.normalize(raw, dim=-1))
+    value.backward()
+    assert value.item() == pytest.approx(0.0, abs=1e-7) and raw.grad.abs().max().item() < 1e-7
+
+
 def test_siglip_matches_hand_computed_2x2():
     video, text, scale, bias = [[1.0, 0.0], [0.0, 1.0]], [[0.6, 0.8], [0.0, 1.0]], 2.0, -1.0
     log_sigmoid = lambda z: -math.log(1 + math.exp(-z))  # noqa: E731
@@ -164,13 +199,14 @@ def _rows(t: torch.Tensor, rank: int | None) -> torch.Tensor:
 def _run_losses(data: dict, rank: int | None) -> dict:
     """Both losses on rank `rank`'s rows (None: one process, every row): loss and gradients."""
     results = {}
-    for name in ("distillation", "siglip"):
+    for name in ("distillation", "siglip", "text_uniformity"):
         xv, xt = _rows(data["video"], rank).clone().requires_grad_(), _rows(data["text"], rank).clone().requires_grad_()
         proj, log_scale = data["proj"].clone().requires_grad_(), data["log_scale"].clone().requires_grad_()
         outputs = ModelOutputs(F.normalize(xv @ proj, dim=-1), F.normalize(xt @ proj, dim=-1), log_scale.exp())
         batch = {key: {k: _rows(v, rank) for k, v in data[key].items()} for key in ("teacher_video", "teacher_text")}
         batch["teacher_logit_scale"] = {"narrow": torch.full((xv.shape[0],), 50.0)}  # per sample, as collated
-        loss_fn = DistillationLoss(weight=0.5) if name == "distillation" else SigLIPLoss(bias_init=-2.0)
+        loss_fn = {"distillation": lambda: DistillationLoss(weight=0.5), "siglip": lambda: SigLIPLoss(bias_init=-2.0),
+                   "text_uniformity": lambda: VideoTextContrastiveLoss(text_uniformity=0.7)}[name]()
         out = loss_fn(outputs, batch)
         out["loss"].backward()
         results[name] = {"loss": out["loss"].detach(), "grad_video": xv.grad, "grad_text": xt.grad, "grad_proj": proj.grad,
@@ -204,7 +240,7 @@ def two_rank_losses(tmp_path_factory) -> tuple[dict, list[dict]]:
     return _run_losses(data, None), [torch.load(tmp / f"rank{r}.pt") for r in range(WORLD)]
 
 
-@pytest.mark.parametrize("name", ["distillation", "siglip"])
+@pytest.mark.parametrize("name", ["distillation", "siglip", "text_uniformity"])
 def test_two_ranks_equal_one_process(two_rank_losses, name):
     ref_all, ranks = two_rank_losses
     ref, res = ref_all[name], [r[name] for r in ranks]

@@ -15,6 +15,7 @@ import yaml
 from mvclip import sweep as sw
 from mvclip.commands.sweep import main as sweep_main
 from mvclip.errors import ConfigError
+from mvclip.losses import VideoTextContrastiveLoss, build_loss
 from mvclip.markdown import replace_section
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,11 +45,12 @@ def minimal(tmp_path):
     return write_sweep(tmp_path, MINIMAL.format(base=ROOT / "recipes" / "small.yaml"))
 
 
-def fake_metrics(run_dir, t2v_r1, *, kind="last", zeroshot=None, latency=10.0, time_s=120.0, memory=900.0):
+def fake_metrics(run_dir, t2v_r1, *, kind="last", zeroshot=None, latency=10.0, time_s=120.0, memory=900.0, temporal=None):
     """The metrics.json that mvclip.callbacks.FuseExport writes beside a checkpoint."""
     validation = {"val/t2v/R@1": t2v_r1, "val/t2v/R@5": t2v_r1 * 3, "val/v2t/R@1": t2v_r1 / 2, "val/v2t/R@5": t2v_r1 * 2}
     if zeroshot is not None:
         validation["val/zeroshot/top1"] = zeroshot
+    validation.update({f"val/temporal/{k}": v for k, v in (temporal or {}).items()})
     stem = "last" if kind == "last" else "step150-t2v_r1=12.00"
     data = {"kind": kind, "checkpoint": str(run_dir / "checkpoints" / f"{stem}.ckpt"), "step": 150, "validation": validation,
             "params": {"total": 16_700_000, "trainable": 4_100_000, "video": 3_000_000, "text": 13_000_000, "video_fused": 2_900_000},
@@ -65,7 +67,8 @@ def fake_metrics(run_dir, t2v_r1, *, kind="last", zeroshot=None, latency=10.0, t
 # -- the sweep file ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["block_design", "block_design_text_frozen", "text_freeze", "sampling"])
+@pytest.mark.parametrize(
+    "name", ["block_design", "block_design_text_frozen", "block_design_text_uniformity", "text_freeze", "sampling"])
 def test_shipped_sweeps_parse(name):
     sweep = sw.load_sweep(ABLATIONS / f"{name}.yaml")
     assert sweep.name == name and sweep.base == "recipes/small.yaml" and sweep.baseline in sweep.variants
@@ -77,6 +80,10 @@ def test_shipped_sweeps_parse(name):
     if name == "block_design_text_frozen":  # the same variants, each aligned to one trained text tower, frozen
         assert sweep.variants == sw.load_sweep(ABLATIONS / "block_design.yaml").variants
         assert sweep.overrides["model.init_parts"] == sweep.overrides["model.freeze"] == ["text"]
+    if name == "block_design_text_uniformity":  # the same variants, text from scratch, the uniformity term on
+        assert sweep.variants == sw.load_sweep(ABLATIONS / "block_design.yaml").variants
+        loss = build_loss(sweep.overrides["model.loss"])
+        assert type(loss) is VideoTextContrastiveLoss and loss.text_uniformity == 1.0
 
 
 def test_defaults_and_overrides_order(tmp_path, minimal):
@@ -321,8 +328,10 @@ def test_error_line_picks_the_reason():
 def test_aggregation_reports_mean_std_ratio_and_failures(tmp_path, minimal):
     root = tmp_path / "root"
     sweep = sw.load_sweep(minimal)
-    fake_metrics(root / "a" / "seed0", 10.0, zeroshot=20.0, latency=10.0, time_s=120, memory=900)
-    fake_metrics(root / "a" / "seed1", 14.0, zeroshot=30.0, latency=12.0, time_s=180, memory=1000)
+    fake_metrics(root / "a" / "seed0", 10.0, zeroshot=20.0, latency=10.0, time_s=120, memory=900,
+                 temporal={"twin_acc": 50.0, "twin_text_cos": 0.9851, "reverse": 0.0})
+    fake_metrics(root / "a" / "seed1", 14.0, zeroshot=30.0, latency=12.0, time_s=180, memory=1000,
+                 temporal={"twin_acc": 52.0, "twin_text_cos": 0.9853, "reverse": 0.0})
     fake_metrics(root / "b" / "seed0", 18.0, latency=20.0)
     (root / "b" / "seed1").mkdir(parents=True)
     (root / "b" / "seed1" / "sweep.json").write_text(json.dumps({"status": "failed", "error": "exit 1: RuntimeError: boom"}))
@@ -344,7 +353,9 @@ def test_aggregation_reports_mean_std_ratio_and_failures(tmp_path, minimal):
     assert md.startswith("# Ablation: ablate\n") and "python -m mvclip sweep --sweep x.yaml" in md and "2026-11-23 18:00" in md
     table = [line for line in md.splitlines() if line.startswith("|")]
     assert "| variant" in table[0] and "vs a" in table[0] and "ZS top-1" in table[0]
+    assert table[0].index("twin acc") < table[0].index("twin text cos") < table[0].index("reverse Δ")
     row_a = next(line for line in table if line.startswith("| a (baseline)"))
+    assert "| 51.00 ± 1.41 | 0.985 ± 0.000 | 0.00 ± 0.00 |" in row_a  # the cosine with three decimals
     assert "12.00 ± 2.83" in row_a and "1.00×" in row_a and "4.10 / 16.70" in row_a and "11.00 ± 1.41" not in row_a
     assert "| 2 / 0 " in row_a and "| ok " in row_a
     row_b = next(line for line in table if line.startswith("| b "))

@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 
 import mvclip
-from mvclip.temporal_metrics import TemporalMetric, order_sensitivity, shuffle_order, twin_accuracy
+from mvclip.temporal_metrics import (
+    TemporalMetric, order_sensitivity, shuffle_order, twin_accuracy, twin_caption_cosine,
+)
 
 E = torch.eye(4)
 
@@ -33,6 +35,13 @@ def test_twin_accuracy_hand_made():
     sets = torch.arange(5)
     # pairs: (0 vs 1) 1 > 0 right, (1 vs 0) right, (2 vs 3) 1 > 0 right, (3 vs 2): 0 vs 1 wrong -> 3 of 4
     assert twin_accuracy(video, captions, groups, sets) == (75.0, 4)
+    # orthogonal caption means in both groups: cosine 0; group 9's second caption turned to 60 degrees: 0.5
+    assert twin_caption_cosine(captions, groups, sets) == 0.0
+    tilted = captions.clone()
+    tilted[3] = 0.5 * E[2] + 3**0.5 / 2 * E[3]
+    assert twin_caption_cosine(tilted, groups, sets) == pytest.approx((0.0 * 2 + 0.5 * 2) / 4)
+    # a caption mean is not unit length (two captions averaged): the cosine normalizes it first
+    assert twin_caption_cosine(torch.stack([E[0] + E[1], E[0]]), torch.tensor([1, 1]), torch.tensor([5, 6])) == pytest.approx(2**-0.5)
 
 
 def test_twin_accuracy_ties_are_wrong_and_identical_captions_skipped():
@@ -41,6 +50,9 @@ def test_twin_accuracy_ties_are_wrong_and_identical_captions_skipped():
     assert twin_accuracy(video, captions, torch.tensor([1, 1]), torch.tensor([5, 6])) == (0.0, 2)
     accuracy, pairs = twin_accuracy(video, captions, torch.tensor([1, 1]), torch.tensor([5, 5]))
     assert pairs == 0 and accuracy != accuracy  # nan: nothing to score
+    assert twin_caption_cosine(captions, torch.tensor([1, 1]), torch.tensor([5, 6])) == pytest.approx(1.0)  # merged
+    cosine = twin_caption_cosine(captions, torch.tensor([1, 1]), torch.tensor([5, 5]))
+    assert cosine != cosine  # identical captions are not a pair
 
 
 def test_shuffle_order_is_a_derangement_and_not_the_reversal():
@@ -68,6 +80,7 @@ def test_metric_accumulates_batches_and_counts_duplicates_once():
     m.update(**second, reversed_video=torch.stack([E[2], E[3]]), shuffled_video=torch.stack([E[2], E[3]]))
     out = m.compute()
     assert out["twin_pairs"] == 2 and out["twin_acc"] == 100.0
+    assert out["twin_text_cos"] == pytest.approx(0.0)  # a's captions (E0, E1) against b's (E2)
     # only a moves under reversal (E0 -> E1, distance 1); clips a, b, c are orthogonal: mean distance 1
     assert out["reverse"] == pytest.approx(100 / 3)
     assert out["shuffle"] == 0.0

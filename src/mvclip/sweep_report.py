@@ -29,10 +29,12 @@ QUALITY = (
     ("v2t_r5", "V2T R@5", ("validation", "val/v2t/R@5"), 1.0),
     ("zs_top1", "ZS top-1", ("validation", "val/zeroshot/top1"), 1.0),
     ("twin_acc", "twin acc", ("validation", "val/temporal/twin_acc"), 1.0),
+    ("twin_text_cos", "twin text cos", ("validation", "val/temporal/twin_text_cos"), 1.0),
     ("reverse", "reverse Δ", ("validation", "val/temporal/reverse"), 1.0),
 )
 # columns shown only when some run reported them (datasets without labels or groups, older exports)
-OPTIONAL_QUALITY = ("zs_top1", "twin_acc", "reverse")
+OPTIONAL_QUALITY = ("zs_top1", "twin_acc", "twin_text_cos", "reverse")
+DIGITS = {"twin_text_cos": 3}  # decimals where 2 would hide the difference (cosines of 0.985 and 0.995)
 COSTS = (
     ("params_trainable_m", ("params", "trainable"), 1e-6),
     ("params_total_m", ("params", "total"), 1e-6),
@@ -176,7 +178,7 @@ def table_rows(sweep: Sweep, rows: Sequence[VariantRow]) -> tuple[list[str], lis
         cells = [name, s["t2v_r1"].text()]
         if sweep.baseline:
             cells.append("–" if row.ratio is None else f"{row.ratio:.2f}×")
-        cells += [s["t2v_r5"].text(), s["v2t_r1"].text(), s["v2t_r5"].text()] + [s[key].text() for key, _ in shown]
+        cells += [s["t2v_r5"].text(), s["v2t_r1"].text(), s["v2t_r5"].text()] + [s[key].text(DIGITS.get(key, 2)) for key, _ in shown]
         params = "–" if s["params_total_m"].mean is None else f"{_cost(s['params_trainable_m'])} / {_cost(s['params_total_m'])}"
         cells += [params, _cost(s["flops_video_g"], 3), _cost(s["latency_fused_ms"]), _cost(s["train_time_min"], 1),
                   _cost(s["peak_memory_mb"], 0), f"{row.done} / {row.failed}", _short(row.status, 90)]
@@ -211,7 +213,9 @@ def _notes(sweep: Sweep, rows: Sequence[VariantRow]) -> list[str]:
     if any(row.stats["twin_acc"].n or row.stats["reverse"].n for row in rows):
         notes.append(
             "`twin acc`: how often a clip is closer to its own captions than to its group partner's (its time-reversed "
-            "twin on the synthetic set; about 50 % for a model blind to frame order); `reverse Δ`: how far a clip's "
+            "twin on the synthetic set; about 50 % for a model blind to frame order); `twin text cos`: the cosine "
+            "between the two partners' caption embeddings, the text tower's side of it (near 1, no video tower can "
+            "tell the pair apart against it); `reverse Δ`: how far a clip's "
             "embedding moves when its frames are reversed, in % of the mean distance between different clips (0 for a "
             "frame-mean model). See `mvclip.temporal_metrics`."
         )

@@ -6,6 +6,10 @@
   Closeness to a caption set is the mean cosine to its captions. Ties count as wrong, and pairs whose
   caption sets are identical are skipped (no model can order them). A model blind to frame order
   scores about 50 % on time-reversed twins.
+* **Twin caption cosine** (`twin_text_cos`), same pairs: the cosine between the two members' mean caption
+  embeddings, a property of the text tower alone. Near 1 the text tower has merged a clip's captions with its
+  partner's, and no video tower can reach a high twin accuracy against it; this is how a text tower learning
+  from scratch beside an order-blind video tower fails (docs/blocks.md).
 * **Order sensitivity** (`reverse`, `shuffle`), for any dataset: how far a clip's embedding moves when its
   frames are played backwards (or in a fixed shuffled order), as a percentage of how far apart the
   embeddings of different clips are: `100 * mean_i d(v_i, v'_i) / mean_{i != j} d(v_i, v_j)` with
@@ -25,7 +29,7 @@ from torchmetrics.utilities import dim_zero_cat
 
 from mvclip.sample_keys import first_occurrence, hash_keys
 
-__all__ = ["TemporalMetric", "RESOLUTION", "order_sensitivity", "twin_accuracy", "shuffle_order"]
+__all__ = ["TemporalMetric", "RESOLUTION", "order_sensitivity", "twin_accuracy", "twin_caption_cosine", "shuffle_order"]
 
 RESOLUTION = 1e-7  # order sensitivity (a ratio) below this is float32 summation noise
 
@@ -57,6 +61,14 @@ def order_sensitivity(video: Tensor, changed: Tensor) -> float:
     return 0.0 if ratio < RESOLUTION else 100.0 * ratio
 
 
+def _partner_pairs(groups: Tensor, caption_sets: Tensor):
+    """Per group of two or more clips: its members and the mask of ordered pairs whose caption sets differ."""
+    for group in torch.unique(groups[groups >= 0]):
+        members = torch.nonzero(groups == group).flatten()
+        if members.numel() >= 2:
+            yield members, caption_sets[members][:, None] != caption_sets[members][None, :]
+
+
 def twin_accuracy(video: Tensor, caption_mean: Tensor, groups: Tensor, caption_sets: Tensor) -> tuple[float, int]:
     """(percent right, pairs scored) over ordered pairs of distinct group members; `groups` < 0 means no group.
 
@@ -65,17 +77,20 @@ def twin_accuracy(video: Tensor, caption_mean: Tensor, groups: Tensor, caption_s
     video = torch.nn.functional.normalize(video.to(torch.float64), dim=-1)
     caption_mean = caption_mean.to(torch.float64)
     right = total = 0
-    grouped = groups >= 0
-    for group in torch.unique(groups[grouped]):
-        members = torch.nonzero(groups == group).flatten()
-        if members.numel() < 2:
-            continue
+    for members, distinct in _partner_pairs(groups, caption_sets):
         scores = video[members] @ caption_mean[members].T  # row i: clip i against every member's captions
         own = scores.diagonal()
-        distinct = caption_sets[members][:, None] != caption_sets[members][None, :]
         right += int(((own[:, None] > scores) & distinct).sum())
         total += int(distinct.sum())
     return (100.0 * right / total if total else float("nan")), total
+
+
+def twin_caption_cosine(caption_mean: Tensor, groups: Tensor, caption_sets: Tensor) -> float:
+    """Mean cosine between the mean caption embeddings of the pairs `twin_accuracy` scores (nan without pairs)."""
+    caption_mean = torch.nn.functional.normalize(caption_mean.to(torch.float64), dim=-1)
+    cosines = [(caption_mean[members] @ caption_mean[members].T)[distinct] for members, distinct in _partner_pairs(groups, caption_sets)]
+    cosines = torch.cat(cosines) if cosines else torch.zeros(0, dtype=torch.float64)
+    return float(cosines.mean()) if cosines.numel() else float("nan")
 
 
 class TemporalMetric(Metric):
@@ -84,8 +99,8 @@ class TemporalMetric(Metric):
     update(video, keys, text, text_video_index, groups=None, reversed_video=None, shuffled_video=None):
     `text` are the batch's caption embeddings, `text_video_index` names each caption's clip in the batch (as
     evaluation batches carry them), `groups` a group id string (or None) per clip. Clips seen twice (DDP
-    padding) count once. `compute()` returns `twin_acc` (with `twin_pairs`) when any group has two members
-    present, and `reverse` / `shuffle` when those embeddings were given.
+    padding) count once. `compute()` returns `twin_acc` (with `twin_pairs` and `twin_text_cos`) when any group
+    has two members with different captions present, and `reverse` / `shuffle` when those embeddings were given.
     """
 
     is_differentiable = False
@@ -139,9 +154,11 @@ class TemporalMetric(Metric):
         video = dim_zero_cat(self.video)[keep]
         out: dict[str, float] = {}
         groups = dim_zero_cat(self.group_ids).long()[keep]
-        accuracy, pairs = twin_accuracy(video, dim_zero_cat(self.caption_mean)[keep], groups, dim_zero_cat(self.caption_sets).long()[keep])
+        caption_mean, caption_sets = dim_zero_cat(self.caption_mean)[keep], dim_zero_cat(self.caption_sets).long()[keep]
+        accuracy, pairs = twin_accuracy(video, caption_mean, groups, caption_sets)
         if pairs:
             out["twin_acc"], out["twin_pairs"] = accuracy, float(pairs)
+            out["twin_text_cos"] = twin_caption_cosine(caption_mean, groups, caption_sets)
         for state, name in (("reversed", "reverse"), ("shuffled", "shuffle")):
             values = getattr(self, state)
             if isinstance(values, list) and not values:

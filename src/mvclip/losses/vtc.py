@@ -7,6 +7,14 @@ Logit scale: the model stores ``log(1 / temperature)`` as a parameter (init ``ln
 passes ``exp()`` of it here; :func:`clamp_logit_scale_` caps it at ``ln(100)`` after each optimizer
 step. A fixed scale (MobileViCLIP's configs hold it at 100) is just a parameter with
 ``requires_grad=False`` (``learn_logit_scale: false`` in a recipe).
+
+Text uniformity (``text_uniformity: w``, off by default): adds ``w`` times the mean over this rank's captions of
+``log mean_{j != i} exp(-t * |text_i - text_j|^2)`` over the global batch (Wang & Isola's uniformity, one row at a
+time so it splits over ranks exactly as the contrastive term does). It pushes every caption away from its nearest
+other captions. Why it exists: while the video tower is still blind to frame order, VTC's optimum for a clip and its
+time-reversed twin is to map their two captions to one embedding, and a text tower learning from scratch follows
+(twin-caption cosine 0.985 measured); the term keeps captions that differ apart, so the order words stay a target.
+Identical captions (equal embeddings) contribute a constant with zero gradient.
 """
 from __future__ import annotations
 
@@ -19,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mvclip.losses.base import ModelOutputs, TrainingLoss
-from mvclip.losses.gather import gather_features, resolve_rank
+from mvclip.losses.gather import gather_features, gather_rows, resolve_rank
 
 __all__ = ["VideoTextContrastiveLoss", "clamp_logit_scale_"]
 
@@ -51,10 +59,16 @@ class VideoTextContrastiveLoss(TrainingLoss):
         world_size: int | None = None,
         rank: int | None = None,
         group: Any = None,
+        text_uniformity: float = 0.0,
+        uniformity_t: float = 2.0,
     ) -> None:
         super().__init__()
         if (world_size is None) != (rank is None):
             raise ValueError("pass both world_size and rank, or neither")
+        if not text_uniformity >= 0.0 or not uniformity_t > 0.0:
+            raise ValueError(f"expected text_uniformity >= 0 and uniformity_t > 0, got {text_uniformity} and {uniformity_t}")
+        self.text_uniformity = float(text_uniformity)
+        self.uniformity_t = float(uniformity_t)
         self.local_loss = local_loss
         self.gather_with_grad = gather_with_grad
         self.normalize = normalize
@@ -73,8 +87,32 @@ class VideoTextContrastiveLoss(TrainingLoss):
 
     def terms(self, outputs: ModelOutputs, batch: Mapping[str, Any] | None = None) -> dict[str, Tensor]:
         """The training-loss form: the batch is not needed beyond the embeddings."""
-        loss = self.contrastive(outputs.video, outputs.text, outputs.logit_scale)
-        return {"loss": loss, "vtc": loss}
+        vtc = self.contrastive(outputs.video, outputs.text, outputs.logit_scale)
+        if self.text_uniformity == 0.0:
+            return {"loss": vtc, "vtc": vtc}
+        uniformity = self.uniformity(outputs.text)
+        return {"loss": vtc + self.text_uniformity * uniformity, "vtc": vtc, "text_uniformity": uniformity}
+
+    def uniformity(self, text_emb: Tensor) -> Tensor:
+        """Mean over this rank's rows ``i`` of ``log mean_{j != i} exp(-t |text_i - text_j|^2)``, ``j`` over the global batch.
+
+        Rows are unit vectors (``normalize=True`` makes them so first), so ``|a - b|^2 = 2 - 2 a.b``.
+        """
+        if self.normalize:
+            text_emb = F.normalize(text_emb, dim=-1)
+        rank, world_size = self._rank_and_world_size()
+        batch = text_emb.shape[0]
+        all_text = text_emb
+        if world_size > 1:
+            all_text = gather_rows(text_emb, with_grad=self.gather_with_grad, world_size=world_size, rank=rank,
+                                   group=self.group)
+        if all_text.shape[0] < 2:
+            raise ValueError("text uniformity needs at least two captions in the global batch")
+        squared = (2.0 - 2.0 * text_emb @ all_text.T).clamp_min(0.0)
+        own = torch.arange(batch, device=text_emb.device) + rank * batch
+        scores = (-self.uniformity_t * squared).index_put((torch.arange(batch, device=text_emb.device), own),
+                                                          torch.tensor(float("-inf"), device=text_emb.device))
+        return (torch.logsumexp(scores, dim=1) - math.log(all_text.shape[0] - 1)).mean()
 
     def contrastive(
         self,
