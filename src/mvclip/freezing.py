@@ -23,13 +23,17 @@ def _matches(name: str, pattern: str) -> bool:
     return name == pattern or name.startswith(pattern + ".") or fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(name, pattern + ".*")
 
 
+def _pattern_matches(name: str, pattern: str) -> bool:
+    """Whether `name` is matched by `pattern`, an alias (`text`) counting as every pattern it stands for."""
+    return any(_matches(name, p) for p in ALIASES.get(pattern, [pattern]))
+
+
 def match_parameters(model: nn.Module, patterns: Sequence[str], *, path: str) -> set[str]:
     """Names of parameters matched by any pattern; a pattern matching nothing is a config error."""
     names = [n for n, _ in model.named_parameters()]
     matched: set[str] = set()
     for i, pattern in enumerate(patterns):
-        expanded = ALIASES.get(pattern, [pattern])
-        hits = {n for n in names if any(_matches(n, p) for p in expanded)}
+        hits = {n for n in names if _pattern_matches(n, pattern)}
         if not hits:
             tops = sorted({n.split(".")[0] for n in names})
             raise ConfigError(
@@ -44,8 +48,7 @@ def parts_filter(patterns: Sequence[str], *, path: str) -> Callable[[str], bool]
     """A predicate on state-dict keys (parameters and buffers) for `patterns` in `freeze`'s syntax (`[text]`)."""
     if not isinstance(patterns, (list, tuple)) or not patterns or not all(isinstance(p, str) and p for p in patterns):
         raise ConfigError(f"{path}: expected a non-empty list of parameter patterns such as [text], got {patterns!r}")
-    expanded = [q for p in patterns for q in ALIASES.get(p, [p])]
-    return lambda key: any(_matches(key, p) for p in expanded)
+    return lambda key: any(_pattern_matches(key, p) for p in patterns)
 
 
 def frozen_by_design(model: nn.Module) -> set[str]:
