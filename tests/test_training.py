@@ -118,6 +118,31 @@ def test_init_parts_takes_only_the_text_tower(tmp_path, tiny_model_config):
         VideoTextModule(model=tiny_model_config, init_parts=["text"])
 
 
+def test_a_checkpoint_that_left_out_its_frozen_text_gives_it_back_from_its_init_from(tmp_path, tiny_model_config, monkeypatch):
+    """Run A's frozen text tower came from init_from, so A's checkpoint omits it; run B, started from A's checkpoint,
+    must get that text tower, not a random one (init_strict: false used to leave it at its init without a word)."""
+    monkeypatch.chdir(tmp_path)  # init_from is recorded as given, relative to where the run started
+    source = VideoTextModule(model=tiny_model_config)
+    for t in source.parameters():
+        t.data.normal_()
+    torch.save({"state_dict": source.state_dict()}, tmp_path / "text_source.ckpt")
+    run_a = VideoTextModule(model=tiny_model_config, init_from="text_source.ckpt", init_parts=["text"], freeze=["text"])
+    checkpoint = {"state_dict": run_a.state_dict(), "hyper_parameters": dict(run_a.hparams)}
+    run_a.on_save_checkpoint(checkpoint)
+    assert checkpoint["mvclip_omitted_frozen"] and not any(k.startswith("model.text.") for k in checkpoint["state_dict"])
+    torch.save(checkpoint, tmp_path / "run_a.ckpt")
+    torch.manual_seed(7)
+    run_b = VideoTextModule(model=tiny_model_config, init_from="run_a.ckpt", init_strict=False, freeze=["text"])
+    assert not run_b.init_report.missing
+    for key, value in run_b.model.state_dict().items():
+        expected = (source if key.startswith("text.") else run_a).model.state_dict()[key]
+        assert torch.equal(value, expected), key
+    (tmp_path / "text_source.ckpt").unlink()
+    with pytest.raises(ConfigError, match=r"run_a.ckpt: \d+ frozen tensors .* from its init_from text_source.ckpt, which is not found") as info:
+        VideoTextModule(model=tiny_model_config, init_from="run_a.ckpt", init_strict=False)
+    assert "\n" not in str(info.value)
+
+
 def test_print_config_with_dotted_overrides():
     out = cli("fit", "--config", "recipes/small.yaml", "--model.freeze=[text]", "--data.frames=16", "--print_config").stdout
     assert "frames: 16" in out and "- text" in out and "model: recipes/models/tiny_cpu.yaml" in out

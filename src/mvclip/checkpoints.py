@@ -74,21 +74,46 @@ def _importable(qualified: str) -> bool:
         return False
 
 
-def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Tensors from a safetensors file, a plain state dict, or a Lightning checkpoint (its `state_dict`, `model.` stripped)."""
+def read_state_dict(path: str | os.PathLike[str], *, _depth: int = 0) -> dict[str, torch.Tensor]:
+    """Tensors from a safetensors file, a plain state dict, or a Lightning checkpoint (its `state_dict`, `model.` stripped).
+
+    A Lightning checkpoint of ours does not store frozen weights it loaded from its own `init_from`
+    (`mvclip_omitted_frozen`): they are read back from that file here, following the chain, so a run started from
+    such a checkpoint gets them (before, `init_strict: false` left them silently at their random init)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
         return load_safetensors(path)
-    obj = load_torch_file(path)
+    checkpoint = obj = load_torch_file(path)
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
         if any(k.startswith(MODULE_PREFIX) for k in obj):
             obj = {k[len(MODULE_PREFIX):]: v for k, v in obj.items() if k.startswith(MODULE_PREFIX)}
+        obj = {**_omitted_frozen(checkpoint, path, _depth), **obj}
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ConfigError(f"{path}: expected a state dict of tensors (or a Lightning checkpoint with one)")
     return obj
+
+
+_MAX_CHAIN = 8  # init_from -> init_from -> ...: deeper than this is a loop
+
+
+def _omitted_frozen(checkpoint: dict, path: Path, depth: int) -> dict[str, torch.Tensor]:
+    """The frozen tensors a checkpoint left out, from the `init_from` it was trained with (those that file holds;
+    weights from `pretrained` are not files of ours and stay missing, as the load report then says)."""
+    omitted = [k[len(MODULE_PREFIX):] for k in checkpoint.get("mvclip_omitted_frozen") or [] if k.startswith(MODULE_PREFIX)]
+    hparams = checkpoint.get("hyper_parameters")
+    source = hparams.get("init_from") if isinstance(hparams, dict) else None
+    if not omitted or not source:
+        return {}
+    if depth >= _MAX_CHAIN:
+        raise ConfigError(f"{path}: its init_from chain is longer than {_MAX_CHAIN} checkpoints (a loop?)")
+    if not Path(source).is_file():
+        raise ConfigError(f"{path}: {len(omitted)} frozen tensors (e.g. {omitted[0]}) were not saved in it; they come "
+                          f"from its init_from {source}, which is not found (run from the folder it was trained in)")
+    state = read_state_dict(source, _depth=depth + 1)
+    return {k: state[k] for k in omitted if k in state}
 
 
 @dataclass
