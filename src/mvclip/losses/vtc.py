@@ -13,8 +13,9 @@ Text uniformity (``text_uniformity: w``, off by default): adds ``w`` times the m
 time so it splits over ranks exactly as the contrastive term does). It pushes every caption away from its nearest
 other captions. Why it exists: while the video tower is still blind to frame order, VTC's optimum for a clip and its
 time-reversed twin is to map their two captions to one embedding, and a text tower learning from scratch follows
-(twin-caption cosine 0.985 measured); the term keeps captions that differ apart, so the order words stay a target.
-Identical captions (equal embeddings) contribute a constant with zero gradient.
+(twin-caption cosine 0.985 measured); the term keeps captions that differ apart. Measured: it does (0.996 -> 0.70 at
+weight 1) and TPE attention still learned no order at the ablation budget (docs/blocks.md), so it is a lever to test,
+not a default. Identical captions (equal embeddings) contribute a constant with zero gradient.
 """
 from __future__ import annotations
 
