@@ -142,7 +142,8 @@ def test_text_uniformity_matches_hand_computed_3x3_and_weight_zero_is_vtc():
     assert out["text_uniformity"].item() == pytest.approx(expected, abs=1e-6)
     assert out["loss"].item() == pytest.approx(vtc["loss"].item() + 0.5 * expected, abs=1e-6)
     assert torch.equal(out["vtc"], vtc["loss"]) and set(vtc) == {"loss", "vtc"}  # weight 0: VTC exactly, no extra part
-    for bad in ({"text_uniformity": -0.1}, {"uniformity_t": 0.0}):
+    for bad in ({"text_uniformity": -0.1}, {"uniformity_t": 0.0}, {"text_uniformity": "abc"}, {"text_uniformity": None},
+                {"text_uniformity": True}, {"uniformity_t": float("inf")}):
         with pytest.raises(ValueError, match="text_uniformity >= 0 and uniformity_t > 0"):
             VideoTextContrastiveLoss(**bad)
 

@@ -66,8 +66,9 @@ class VideoTextContrastiveLoss(TrainingLoss):
         super().__init__()
         if (world_size is None) != (rank is None):
             raise ValueError("pass both world_size and rank, or neither")
-        if not text_uniformity >= 0.0 or not uniformity_t > 0.0:
-            raise ValueError(f"expected text_uniformity >= 0 and uniformity_t > 0, got {text_uniformity} and {uniformity_t}")
+        numbers = [isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (text_uniformity, uniformity_t)]
+        if not all(numbers) or not text_uniformity >= 0.0 or not uniformity_t > 0.0:
+            raise ValueError(f"expected text_uniformity >= 0 and uniformity_t > 0 (finite numbers), got {text_uniformity!r} and {uniformity_t!r}")
         self.text_uniformity = float(text_uniformity)
         self.uniformity_t = float(uniformity_t)
         self.local_loss = local_loss
