@@ -86,6 +86,14 @@ def test_shipped_sweeps_parse(name):
         assert type(loss) is VideoTextContrastiveLoss and loss.text_uniformity == 1.0
 
 
+def test_shipped_distill_sweep_builds_its_losses():
+    sweep = sw.load_sweep(ABLATIONS / "distill.yaml")
+    assert sweep.base == "recipes/small.yaml" and sweep.baseline == "vtc" and sweep.seeds == [0, 1]
+    assert "model.loss" not in sweep.variants["vtc"]  # the recipe's own loss: VTC
+    weights = {name: build_loss(v["model.loss"]).weight for name, v in sweep.variants.items() if name != "vtc"}
+    assert weights == {"distill": 0.7, "distill_w1": 1.0}
+
+
 def test_defaults_and_overrides_order(tmp_path, minimal):
     path = write_sweep(tmp_path, "variants: {x: {data.frames: 4}}\n", name="my-sweep.yaml")
     sweep = sw.load_sweep(path, config=str(ROOT / "recipes" / "small.yaml"))
