@@ -8,9 +8,11 @@ machine load hits all alike; the table reports medians and the ratios the projec
   measured in the same run (a 2048^3 `torch.mm`), i.e. how close the frame-wise model runs to the hardware.
 `--channels-last` adds each fused model in `torch.channels_last` as a further interleaved row. `--compile` adds each
 fused video encoder under `torch.compile` (inductor) as a row; its first call, which compiles, is timed apart, and a
-compilation that fails is reported with its error instead of a row.
+compilation that fails is reported with its error instead of a row. `--allocator keep` (default) times the models as
+`python -m mvclip` runs them, with freed memory kept for reuse (`mvclip.allocator`); `--allocator system` with glibc's
+defaults, as a program that imports mvclip does unless it asks.
 
-    python bench/fuse.py [--repeats 10] [--threads N] [--channels-last] [--compile] [--no-write]
+    python bench/fuse.py [--repeats 10] [--threads N] [--channels-last] [--compile] [--allocator keep|system] [--no-write]
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mvclip  # noqa: E402
 from report import machine, today, write_section  # noqa: E402
 
+from mvclip.allocator import keep_freed_memory  # noqa: E402
 from mvclip.fusion import compare_outputs  # noqa: E402
 from mvclip.layers.memory_format import to_channels_last  # noqa: E402
 
@@ -97,8 +100,11 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+", default=PRESETS)
     parser.add_argument("--channels-last", action="store_true", help="also time each fused model in channels_last")
     parser.add_argument("--compile", action="store_true", help="also time each fused model under torch.compile")
+    parser.add_argument("--allocator", choices=("keep", "system"), default="keep",
+                        help="keep freed memory for reuse, as the CLI does (default), or glibc's defaults")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args()
+    kept = args.allocator == "keep" and keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -131,6 +137,7 @@ def main() -> None:
         f"- command: `{command}`",
         f"- machine: {machine()}",
         f"- date: {today()}",
+        f"- allocator: {'freed memory kept for reuse (`mvclip.allocator`, as `python -m mvclip` runs)' if kept else 'glibc defaults'}",
         f"- fp32 matmul peak (2048^3 `torch.mm`, best of 5, before / after the timings): {peak:.1f} / {peak_after:.1f} GFLOP/s",
         "",
         "| model | form | median (ms) | fused speed-up (unfused / fused) | GFLOP per clip | GFLOP/s | of matmul peak | fused vs unfused, max relative difference |",

@@ -52,7 +52,7 @@ class TemporalMixer(nn.Module):
     def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
         if self.reparam_conv is not None and eager():
             # the fused form on the per-frame layout: no (b t) <-> (b c t) copies (docs/benchmarks.md)
-            return temporal_depthwise_conv(x.contiguous(), self.reparam_conv.weight, self.reparam_conv.bias, frames)
+            return temporal_depthwise_conv(x, self.reparam_conv.weight, self.reparam_conv.bias, frames)
         if self.reparam_conv is not None:  # traced and exported graphs: a (K x 1) Conv2d, which every runtime lowers
             return temporal_conv_graph(x, self.reparam_conv.weight, self.reparam_conv.bias, frames)
         clip = rearrange(x, "(b t) c h w -> b c t h w", t=frames)

@@ -34,6 +34,26 @@ def test_shifted_multiply_adds_equal_the_depthwise_conv3d_forward_and_backward(f
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("frames", [1, 3, 8, 16])
+@pytest.mark.parametrize("layout", ["channels_last", "strided"])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_channels_last_and_strided_inputs_give_the_conv3d_values(frames, layout, with_bias):
+    """channels_last maps are read in place and stay channels_last; any other layout is copied first. Same values."""
+    torch.manual_seed(frames)
+    conv = torch.nn.Conv3d(8, 8, (3, 1, 1), padding=(1, 0, 0), groups=8, bias=with_bias)
+    x = torch.randn(2 * frames, 8, 5, 6)
+    if layout == "channels_last":
+        x_in = x.to(memory_format=torch.channels_last)
+    else:  # a transposed view: neither layout
+        x_in = x.transpose(2, 3).contiguous().transpose(2, 3)
+    with torch.no_grad():
+        ours = temporal_depthwise_conv(x_in, conv.weight, conv.bias, frames)
+        reference = _as_frames(conv(_as_clip(x, frames)))
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
+    if layout == "channels_last":
+        assert ours.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_even_kernels_and_ragged_batches_are_refused():
     with pytest.raises(ValueError, match="multiple of the clip length"):
         temporal_depthwise_conv(torch.randn(7, 2, 1, 1), torch.randn(2, 1, 3, 1, 1), None, 4)

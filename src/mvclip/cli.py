@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 
+from mvclip import allocator
 from mvclip.commands.options import program
 
 # name -> (module with `main(argv)`, one-line help)
@@ -57,6 +58,11 @@ def _run(argv: list[str]) -> int:
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         print(f"mvclip: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    try:  # before the command allocates anything (mvclip.allocator; MVCLIP_ALLOCATOR=system opts out)
+        allocator.apply_env_choice()
+    except ValueError as error:
+        print(f"mvclip: {error}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
     if module.__name__ == "mvclip.commands.train":

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.plugins.precision import MixedPrecision
 import torch
 from omegaconf import OmegaConf
 
@@ -47,6 +48,14 @@ def prefix_lr_multipliers(model: torch.nn.Module, lr_mult: dict[str, float]) -> 
             raise ConfigError(f"model.lr_mult.{prefix}: matches no parameter (names start with {roots}, e.g. 'text', 'video.stages.3')")
         matched.update(dict.fromkeys(hits, prefix))  # longer prefixes come later and win
     return matched
+
+
+def fused_adamw_applies(groups: list[dict[str, Any]]) -> bool | None:
+    """True when every parameter is a floating tensor on the CPU or a CUDA device: AdamW's fused kernel then does the
+    same update in one pass over all tensors instead of a dozen ops per tensor (a 5x shorter `optimizer.step()` on the
+    demo's model, bench/train_speed.py). None (PyTorch's choice) elsewhere."""
+    params = [p for group in groups for p in group["params"]]
+    return True if params and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params) else None
 
 
 class VideoTextModule(L.LightningModule):
@@ -99,8 +108,9 @@ class VideoTextModule(L.LightningModule):
         loss: the training loss, `{class_path: mvclip.losses.DistillationLoss, init_args: {weight: 0.5}}` (default:
             VTC); see docs/losses.md. Its parameters (SigLIP's bias) train with the model, without weight decay.
         channels_last: train with the 2-D conv weights (and so the feature maps) in `torch.channels_last`, the
-            layout GPU and oneDNN kernels prefer (`mvclip.layers.memory_format`; no faster on the project's 2-core
-            CPU at the demo's settings: `bench/train_speed.py`). A state dict does not record the layout.
+            layout GPU and oneDNN kernels prefer (`mvclip.layers.memory_format`). Machine-dependent on CPU: 0.97x on one
+            of the project's 2-core machines, 1.2x on another (`bench/train_speed.py`), so the demo recipe states it.
+            A state dict does not record the layout.
         checkpointing: video stages (indices into `video.stages`, or `all`) whose block activations are recomputed in
             the backward instead of stored: less memory, about one more forward of those stages (`mvclip.checkpointing`).
     """
@@ -286,7 +296,11 @@ class VideoTextModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        optimizer = torch.optim.AdamW(self.parameter_groups(), lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps)
+        groups = self.parameter_groups()
+        # Lightning's mixed-precision plugin refuses gradient clipping with a fused optimizer: there, PyTorch's choice
+        mixed = isinstance(self.trainer.precision_plugin, MixedPrecision)
+        fused = None if mixed else fused_adamw_applies(groups)
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps, fused=fused)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: warmup_cosine(step, hp.warmup_steps, total, hp.min_lr_ratio)

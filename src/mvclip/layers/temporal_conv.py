@@ -25,7 +25,11 @@ def eager() -> bool:
 
 def temporal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, frames: int) -> torch.Tensor:
     """(B*T, C, H, W) -> (B*T, C, H, W): `y[b, t, c] = bias[c] + sum_k weight[c, k] * x[b, t + k - K//2, c]`, zero outside
-    the clip; `weight` is a depthwise Conv3d kernel (C, 1, K, 1, 1) or any (C, K) reshape of it, K odd."""
+    the clip; `weight` is a depthwise Conv3d kernel (C, 1, K, 1, 1) or any (C, K) reshape of it, K odd.
+
+    Contiguous and channels_last inputs are read in place (splitting the batch axis into clips is a view in both) and
+    the output keeps the input's layout. The centre tap and the bias are one `addcmul`; every other tap is an in-place
+    `addcmul_` on the frames it reaches, so the map is written once and updated K - 1 times, with no temporaries."""
     n, channels, height, width = x.shape
     if n % frames:
         raise ValueError(f"{n} frames in the batch is not a multiple of the clip length {frames}")
@@ -33,20 +37,21 @@ def temporal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
     size = taps.shape[1]
     if size % 2 == 0:
         raise ValueError(f"temporal kernel size must be odd, got {size}")
+    if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+        x = x.contiguous()
     clip = x.view(n // frames, frames, channels, height, width)
     centre = size // 2
-    out = clip * taps[:, centre].view(1, 1, channels, 1, 1)
-    if bias is not None:
-        out = out + bias.view(1, 1, channels, 1, 1)
+    centre_tap = taps[:, centre].view(1, 1, channels, 1, 1)
+    out = clip * centre_tap if bias is None else torch.addcmul(bias.view(1, 1, channels, 1, 1), clip, centre_tap)
     for k in range(size):
         shift = k - centre
         if shift == 0 or abs(shift) >= frames:
             continue
         tap = taps[:, k].view(1, 1, channels, 1, 1)
         if shift > 0:  # frame t reads frame t + shift; the last `shift` frames read zero padding
-            out[:, : frames - shift] = torch.addcmul(out[:, : frames - shift], clip[:, shift:], tap)
+            out[:, : frames - shift].addcmul_(clip[:, shift:], tap)
         else:
-            out[:, -shift:] = torch.addcmul(out[:, -shift:], clip[:, : frames + shift], tap)
+            out[:, -shift:].addcmul_(clip[:, : frames + shift], tap)
     return out.view(n, channels, height, width)
 
 
