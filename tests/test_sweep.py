@@ -90,8 +90,11 @@ def test_shipped_distill_sweep_builds_its_losses():
     sweep = sw.load_sweep(ABLATIONS / "distill.yaml")
     assert sweep.base == "recipes/small.yaml" and sweep.baseline == "vtc" and sweep.seeds == [0, 1]
     assert "model.loss" not in sweep.variants["vtc"]  # the recipe's own loss: VTC
-    weights = {name: build_loss(v["model.loss"]).weight for name, v in sweep.variants.items() if name != "vtc"}
-    assert weights == {"distill": 0.7, "distill_w1": 1.0}
+    losses = {name: build_loss(v["model.loss"]) for name, v in sweep.variants.items() if name != "vtc"}
+    assert {name: loss.weight for name, loss in losses.items()} == {
+        "distill": 0.7, "distill_w1": 1.0, "distill_sharp": 0.7, "distill_w03": 0.3}
+    assert {name: loss.teacher_logit_scale for name, loss in losses.items()} == {
+        "distill": None, "distill_w1": None, "distill_sharp": 50.0, "distill_w03": None}
 
 
 def test_defaults_and_overrides_order(tmp_path, minimal):

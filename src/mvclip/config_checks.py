@@ -37,9 +37,19 @@ def resolve_interpolations(cfg: DictConfig, path: str) -> DictConfig:
         ) from error
 
 
+def is_real(value: Any) -> bool:
+    """An int or a float, not a bool (YAML's `true` is an int to Python) and not a numeric string."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_finite_real(value: Any) -> bool:
+    """`is_real` and finite: what every numeric config value must be before its range is checked."""
+    return is_real(value) and math.isfinite(value)
+
+
 def finite_number(value: Any, path: str, meaning: str) -> float:
     """A real number (int or float, not a bool or a string), finite."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not is_finite_real(value):
         raise ConfigError(f"{path}: expected a finite number ({meaning}), got {value!r}")
     return float(value)
 

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from mvclip.config_checks import is_real
 from mvclip.errors import ConfigError
 
 __all__ = ["CARD_KEY", "EvalProtocol", "EvalCard", "split_record"]
@@ -51,7 +52,7 @@ class EvalProtocol:
             if values.get(key) is not None and not isinstance(values[key], str):
                 raise ConfigError(f"{where}.{key}: expected a string or null, got {values[key]!r}")
         scale = values.get("dsl_scale", 100.0)
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+        if not is_real(scale) or not scale > 0:
             raise ConfigError(f"{where}.dsl_scale: expected a number > 0, got {scale!r}")
         return cls(**{**dict(values), "dsl_scale": float(scale)})
 

@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from mvclip.builder import DEFAULT_MODEL_CONFIG, apply_input, apply_overrides, build_model, load_config
 from mvclip.checkpointing import checkpoint_stages
 from mvclip.checkpoints import LoadReport, load_weights
+from mvclip.config_checks import is_finite_real
 from mvclip.contracts import no_decay_names
 from mvclip.layers.memory_format import to_channels_last
 from mvclip.errors import ConfigError
@@ -40,7 +41,7 @@ def prefix_lr_multipliers(model: torch.nn.Module, lr_mult: dict[str, float]) -> 
     matched: dict[str, str] = {}
     for prefix in sorted(lr_mult, key=len):
         value = lr_mult[prefix]
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+        if not is_finite_real(value) or value < 0:
             raise ConfigError(f"model.lr_mult.{prefix}: expected a finite number >= 0, got {value!r}")
         hits = [n for n in names if n == prefix or n.startswith(prefix + ".")]
         if not hits:

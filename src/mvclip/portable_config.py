@@ -16,6 +16,8 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from mvclip.config_checks import is_real
+
 CHECKPOINT_KEY = "mvclip_model_config"
 
 
@@ -76,10 +78,7 @@ def config_differences(expected: Any, actual: Any, path: str = "") -> list[str]:
         return out
     if isinstance(expected, (list, tuple)) and isinstance(actual, (list, tuple)) and len(expected) == len(actual):
         return [d for i, (a, b) in enumerate(zip(expected, actual)) for d in config_differences(a, b, f"{path}[{i}]")]
-    if expected == actual and type(expected) is type(actual) or (_number(expected) and _number(actual) and expected == actual):
+    if expected == actual and type(expected) is type(actual) or (is_real(expected) and is_real(actual) and expected == actual):
         return []
     return [f"{path or '(top level)'}: {expected!r} in the checkpoint, {actual!r} here"]
 
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)

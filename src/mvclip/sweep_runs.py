@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import math
 import os
 import re
 import shlex
@@ -23,6 +22,7 @@ from typing import Any
 import yaml
 
 from mvclip.atomic import atomic_write
+from mvclip.config_checks import is_finite_real
 from mvclip.errors import ConfigError
 from mvclip.sweep_config import Sweep, cli_value
 
@@ -132,7 +132,7 @@ class RunResult:
             return None
         node = self.metrics.get(path[0])
         value = node.get(path[1]) if isinstance(node, dict) else None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if not is_finite_real(value):
             return None
         return float(value) * scale
 

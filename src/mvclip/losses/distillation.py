@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mvclip.config_checks import is_finite_real, is_real
 from mvclip.errors import ConfigError
 from mvclip.losses.base import ModelOutputs, TrainingLoss
 from mvclip.losses.gather import gather_rows
@@ -82,11 +83,9 @@ class DistillationLoss(TrainingLoss):
         group: Any = None,
     ) -> None:
         super().__init__()
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= weight <= 1.0:
+        if not is_real(weight) or not 0.0 <= weight <= 1.0:
             raise ValueError(f"weight: expected a number in [0, 1] (the distillation share), got {weight!r}")
-        if teacher_logit_scale is not None and (
-                isinstance(teacher_logit_scale, bool) or not isinstance(teacher_logit_scale, (int, float))
-                or not math.isfinite(teacher_logit_scale) or teacher_logit_scale <= 0):
+        if teacher_logit_scale is not None and (not is_finite_real(teacher_logit_scale) or teacher_logit_scale <= 0):
             raise ValueError(f"teacher_logit_scale: expected a finite number > 0, got {teacher_logit_scale!r}")
         if teachers is not None and (isinstance(teachers, str) or not teachers or not all(isinstance(t, str) for t in teachers)):
             raise ValueError(f"teachers: expected a non-empty list of teacher names, got {teachers!r}")

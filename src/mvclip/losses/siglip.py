@@ -19,7 +19,6 @@ batches; gathering all texts is the simplest scheme that is exactly right.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -27,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mvclip.config_checks import is_finite_real
 from mvclip.losses.base import ModelOutputs, TrainingLoss
 from mvclip.losses.gather import gather_rows, resolve_rank
 
@@ -49,7 +49,7 @@ class SigLIPLoss(TrainingLoss):
         group: Any = None,
     ) -> None:
         super().__init__()
-        if isinstance(bias_init, bool) or not isinstance(bias_init, (int, float)) or not math.isfinite(bias_init):
+        if not is_finite_real(bias_init):
             raise ValueError(f"bias_init: expected a finite number, got {bias_init!r}")
         if (world_size is None) != (rank is None):
             raise ValueError("pass both world_size and rank, or neither")

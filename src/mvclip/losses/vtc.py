@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mvclip.config_checks import is_finite_real
 from mvclip.losses.base import ModelOutputs, TrainingLoss
 from mvclip.losses.gather import gather_features, gather_rows, resolve_rank
 
@@ -66,8 +67,7 @@ class VideoTextContrastiveLoss(TrainingLoss):
         super().__init__()
         if (world_size is None) != (rank is None):
             raise ValueError("pass both world_size and rank, or neither")
-        numbers = [isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (text_uniformity, uniformity_t)]
-        if not all(numbers) or not text_uniformity >= 0.0 or not uniformity_t > 0.0:
+        if not (is_finite_real(text_uniformity) and is_finite_real(uniformity_t)) or not text_uniformity >= 0.0 or not uniformity_t > 0.0:
             raise ValueError(f"expected text_uniformity >= 0 and uniformity_t > 0 (finite numbers), got {text_uniformity!r} and {uniformity_t!r}")
         self.text_uniformity = float(text_uniformity)
         self.uniformity_t = float(uniformity_t)
