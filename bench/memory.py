@@ -1,7 +1,7 @@
 """Peak training memory of one optimizer step: full fine-tuning vs parameter-efficient (temporal blocks only)
 vs a side network, on a ViT-B/16-shaped and an MCi0 backbone. Writes a section of docs/benchmarks.md.
 
-    python bench/memory.py                 # all six configurations, each in a fresh process
+    python bench/memory.py                 # every configuration, each in a fresh process
     python bench/memory.py --only vit_b16/side --no-docs
 
 Method: each configuration runs in its own Python process (so no allocator cache or earlier peak carries
@@ -33,6 +33,11 @@ CONFIGS: dict[str, tuple[str, dict, list[str] | None, int, str]] = {
                      "temporal convs only; backpropagates through the whole ViT"),
     "vit_b16/side": ("recipes/models/side4video_vit_b16.yaml", {}, None, 224,
                      "side network (width 320, all 12 layers fused); backbone frozen, no autograd"),
+    "vit_b16/full_checkpointed": ("recipes/models/vit_b16.yaml", VIT_TEMPORAL, None, 224,
+                                  "full fine-tuning with every block checkpointed (`model.checkpointing: all`)"),
+    "vit_b16/side_checkpointed": ("recipes/models/side4video_vit_b16.yaml", {}, None, 224,
+                                  "side network as `side`, each fusion point recomputed in the backward "
+                                  "(`model.checkpointing: side`)"),
     "vit_b16/side_interval": ("recipes/models/side4video_vit_b16.yaml", {"video.side.fusion": "interval"}, None, 224,
                               "side network fused with every 2nd layer (6 side blocks)"),
     "vit_b16/side_w128": ("recipes/models/side4video_vit_b16.yaml", {"video.side.width": 128}, None, 224,
@@ -44,6 +49,10 @@ CONFIGS: dict[str, tuple[str, dict, list[str] | None, int, str]] = {
     "mci0/side": ("recipes/models/side4video_tiny.yaml", {}, None, 256,
                   "side network (width 320, 2 blocks x 4 stage outputs); MCi0 frozen, no autograd"),
 }
+
+
+# rows that train with gradient checkpointing: name -> the recipe's `model.checkpointing`
+CHECKPOINTING = {"vit_b16/full_checkpointed": "all", "vit_b16/side_checkpointed": "side"}
 
 
 def _status_kb(field: str) -> int:
@@ -79,6 +88,7 @@ def measure_one(name: str, batch: int, frames: int) -> dict:
     from omegaconf import OmegaConf
 
     from mvclip.builder import apply_overrides, build_model
+    from mvclip.checkpointing import checkpoint_stages
     from mvclip.freezing import apply_freezing, plan_freezing
     from mvclip.loss import VideoTextContrastiveLoss
 
@@ -87,6 +97,7 @@ def measure_one(name: str, batch: int, frames: int) -> dict:
     cfg.pop("text", None)  # video tower only: the text side is a frozen tower's cached embeddings
     torch.manual_seed(0)
     model = build_model(cfg)
+    checkpoint_stages(model.video, CHECKPOINTING.get(name))
     plan = plan_freezing(model, [], trainable)
     model.train()
     apply_freezing(model, plan)
@@ -177,6 +188,13 @@ def table(rows: list[dict]) -> str:
                 f"- {backbone}: side network {side['step_mib']:.0f} MiB = {side['step_mib'] / full['step_mib']:.2f}x full "
                 f"fine-tuning ({'meets' if half else 'misses'} the at-most-half goal) and "
                 f"{side['step_mib'] / peft['step_mib']:.2f}x the temporal-only run ({'below' if below else 'NOT below'} it)."
+            )
+        side_ckpt, full_ckpt = by_name.get(f"{backbone}/side_checkpointed"), by_name.get(f"{backbone}/full_checkpointed")
+        if full and side_ckpt:
+            against = f", {side_ckpt['step_mib'] / full_ckpt['step_mib']:.2f}x full fine-tuning checkpointed too" if full_ckpt else ""
+            lines.append(
+                f"- {backbone}: side network checkpointed {side_ckpt['step_mib']:.0f} MiB = "
+                f"{side_ckpt['step_mib'] / full['step_mib']:.2f}x full fine-tuning{against}."
             )
     return "\n".join(lines)
 

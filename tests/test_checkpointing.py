@@ -108,7 +108,9 @@ def test_checkpointing_stores_fewer_activations(tiny_model_config):
 @pytest.mark.parametrize(("value", "message"), [
     ([1, 3], r"model\.checkpointing\[1\]: 3 is not a video stage index; this model has 3 stages \(0-2\)"),
     ([True], r"model\.checkpointing\[0\]: True is not a video stage index"),
-    ("some", r"model\.checkpointing: expected a list of video stage indices such as \[2, 3\] or 'all', got 'some'"),
+    ("some", r"model\.checkpointing: expected a list of video stage indices such as \[2, 3\], 'all', or 'side' for a "
+             r"side network, got 'some'"),
+    ("side", r"model\.checkpointing: 'side' checkpoints a side network and this model has none"),
 ])
 def test_bad_stage_index_names_the_config_path(tiny_model_config, value, message):
     with pytest.raises(ConfigError, match=message):
@@ -125,3 +127,39 @@ def test_keep_norm_statistics_restores_every_buffer():
         assert norm.running_mean[0].item() == pytest.approx(0.59)  # moved inside the block
     torch.testing.assert_close(norm.running_mean, torch.full((3,), 0.1))
     assert int(norm.num_batches_tracked) == 1
+
+
+def _side_module(checkpointing):
+    torch.manual_seed(1)
+    return VideoTextModule(model="recipes/models/tiny_cpu_side.yaml", input={"resolution": 32, "frames": 2},
+                           checkpointing=checkpointing)
+
+
+def test_checkpointed_side_network_step_equals_the_plain_one():
+    """`model.checkpointing: side` recomputes each fusion point in the backward: the same loss, gradients and side
+    BatchNorm statistics, with fewer tensors kept for the backward."""
+    video, text = _batch()
+    plain, checkpointed = _side_module(None), _side_module("side")
+    assert checkpointed.model.video.side.grad_checkpoint and not plain.model.video.side.grad_checkpoint
+    loss_a, grads_a, stats_a = _train_step(plain, video, text)
+    loss_b, grads_b, stats_b = _train_step(checkpointed, video, text)
+    torch.testing.assert_close(loss_b, loss_a, rtol=1e-6, atol=1e-7)
+    side_grads = [n for n in grads_a if ".side." in n]
+    assert grads_a.keys() == grads_b.keys() and len(side_grads) > 10
+    for name in grads_a:
+        torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-5, atol=1e-7, msg=name)
+    for name in stats_a:
+        torch.testing.assert_close(stats_b[name], stats_a[name], rtol=0, atol=0, msg=name)
+    kept = []
+    for module in (plain, checkpointed):
+        total = [0]
+
+        def count(t: torch.Tensor) -> torch.Tensor:
+            total[0] += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(count, lambda t: t):
+            module.model.encode_video(video).sum().backward()
+        kept.append(total[0])
+    assert 0 < kept[1] < 0.5 * kept[0], kept
+

@@ -11,12 +11,14 @@ inside `keep_norm_statistics`, which puts them back as they were before it: a ch
 running statistics as an uncheckpointed one (tests/test_checkpointing.py asserts both this and equal gradients).
 
 Chosen per video stage by the training recipe, not the model YAML, since it changes how a model trains and not
-what it is: `model.checkpointing: [2, 3]` (stage indices) or `model.checkpointing: all`.
+what it is: `model.checkpointing: [2, 3]` (stage indices) or `model.checkpointing: all`. A model with a side network
+takes `model.checkpointing: side` instead: its frozen backbone keeps nothing for the backward, so what there is to
+save is the side network's own activations, recomputed one fusion point (fusion layer and side blocks) at a time.
 """
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
     from mvclip.model import VideoEncoder
 
 ALL_STAGES = "all"
+SIDE_NETWORK = "side"
 
 
 @contextlib.contextmanager
@@ -46,11 +49,13 @@ def keep_norm_statistics(module: nn.Module) -> Iterator[None]:
                 buffer.copy_(value)
 
 
-def run_checkpointed(block: nn.Module, *args: Any) -> torch.Tensor:
+def run_checkpointed(block: nn.Module | Callable[..., torch.Tensor], *args: Any, norms: nn.Module | None = None) -> torch.Tensor:
     """`block(*args)` with its activations recomputed in the backward instead of stored; the recomputation leaves
-    the block's norm statistics alone."""
+    the norm statistics of `norms` (default: `block`, which must then be a module) alone."""
+    owner = block if norms is None else norms
+
     def contexts() -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
-        return contextlib.nullcontext(), keep_norm_statistics(block)
+        return contextlib.nullcontext(), keep_norm_statistics(owner)
 
     return checkpoint(block, *args, use_reentrant=False, context_fn=contexts)
 
@@ -60,6 +65,13 @@ def checkpoint_stages(encoder: VideoEncoder, stages: Sequence[int] | str | None,
 
     A bad index or value is a `ConfigError` naming `path`."""
     if stages is None:
+        return []
+    side = getattr(encoder, "side", None)
+    if stages == SIDE_NETWORK:
+        if side is None:
+            raise ConfigError(f"{path}: {SIDE_NETWORK!r} checkpoints a side network and this model has none; list video "
+                              f"stage indices such as [2, 3], or {ALL_STAGES!r}")
+        side.grad_checkpoint = True
         return []
     count = len(encoder.stages)
     if stages == ALL_STAGES:
@@ -73,10 +85,11 @@ def checkpoint_stages(encoder: VideoEncoder, stages: Sequence[int] | str | None,
             if index not in indices:
                 indices.append(index)
     else:
-        raise ConfigError(f"{path}: expected a list of video stage indices such as [2, 3] or {ALL_STAGES!r}, got {stages!r}")
-    if indices and getattr(encoder, "side", None) is not None:
+        raise ConfigError(f"{path}: expected a list of video stage indices such as [2, 3], {ALL_STAGES!r}, or "
+                          f"{SIDE_NETWORK!r} for a side network, got {stages!r}")
+    if indices and side is not None:
         raise ConfigError(f"{path}: this model's video backbone is frozen under a side network and runs without gradients, "
-                          "so checkpointing its stages saves nothing; remove the key")
+                          f"so checkpointing its stages saves nothing; `{path}: {SIDE_NETWORK}` checkpoints the side network")
     for index in indices:
         encoder.stages[index].grad_checkpoint = True
     return sorted(indices)

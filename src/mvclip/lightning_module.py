@@ -114,6 +114,7 @@ class VideoTextModule(L.LightningModule):
             A state dict does not record the layout.
         checkpointing: video stages (indices into `video.stages`, or `all`) whose block activations are recomputed in
             the backward instead of stored: less memory, about one more forward of those stages (`mvclip.checkpointing`).
+            `side` for a model with a side network: its fusion points are recomputed instead.
     """
 
     def __init__(

@@ -5,6 +5,7 @@ this module only connects them, so another stem, fusion or side block is a YAML 
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from mvclip.checkpointing import run_checkpointed
 from mvclip.layers.resample import token_grid
 
 FUSION_LAYERS = ("all", "interval", "top")  # Side4Video's three choices of fused backbone layers
@@ -68,12 +70,22 @@ class SideNetwork(nn.Module):
         self.stem = stem
         self.fusions = nn.ModuleList(fusions)
         self.blocks = nn.ModuleList(nn.ModuleList(group) for group in blocks)
+        # set by mvclip.checkpointing (`model.checkpointing: side`): while training with gradients, each fusion point's
+        # activations are recomputed in the backward instead of stored
+        self.grad_checkpoint = False
 
     def start(self, frames_nchw: torch.Tensor, frames: int) -> tuple[torch.Tensor, tuple[int, int]]:
         return self.stem(frames_nchw, frames)
 
     def fuse_step(self, index: int, side: torch.Tensor, feature: torch.Tensor, grid: tuple[int, int], frames: int) -> torch.Tensor:
         """Fusion point `index`: mix the backbone feature into the stream, then run that point's side blocks."""
+        if self.grad_checkpoint and self.training and torch.is_grad_enabled():
+            step = functools.partial(self._fuse_step, index, grid=grid, frames=frames)
+            # only this point's norms: restoring others' buffers would bump versions autograd saved elsewhere
+            return run_checkpointed(step, side, feature, norms=nn.ModuleList([self.fusions[index], self.blocks[index]]))
+        return self._fuse_step(index, side, feature, grid=grid, frames=frames)
+
+    def _fuse_step(self, index: int, side: torch.Tensor, feature: torch.Tensor, *, grid: tuple[int, int], frames: int) -> torch.Tensor:
         patches, token = split_feature(feature, grid)
         fusion = self.fusions[index]
         side = 0.5 * side + 0.5 * fusion(patches)
