@@ -75,7 +75,9 @@ def test_int8_calibrated_on_unscaled_pixels_is_refused_and_nothing_is_written(tm
     with pytest.raises(QuantizationRefused, match=r"video\.int8\.onnx \+ text\.int8\.onnx: int8 refused on 32 validation clips: .*mean video cosine to float ([0-9.]+) \(limit 0\.99\)") as refused:
         export_model(model, tiny_model_config, tmp_path / "exp", random_inputs(4, 64), formats=["onnx"],
                      quantize=Quantize(validation, damaged), latency_repeats=1)
-    assert float(re.search(r"mean video cosine to float ([0-9.]+)", str(refused.value)).group(1)) < 0.95
+    # well calibrated, this model keeps >= 0.99 (the test above); the damage costs a clear margin, how much depends on
+    # onnxruntime's int8 kernels for the CPU: < 0.95 with AVX2, 0.9645 with AVX-512 VNNI (both measured)
+    assert float(re.search(r"mean video cosine to float ([0-9.]+)", str(refused.value)).group(1)) < 0.98
     assert list(tmp_path.iterdir()) == []
 
 

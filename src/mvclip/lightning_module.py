@@ -300,7 +300,7 @@ class VideoTextModule(L.LightningModule):
         hp = self.hparams
         groups = self.parameter_groups()
         # Lightning's mixed-precision plugin refuses gradient clipping with a fused optimizer: there, PyTorch's choice
-        mixed = isinstance(self.trainer.precision_plugin, MixedPrecision)
+        mixed = isinstance(getattr(self.trainer, "precision_plugin", None), MixedPrecision)
         fused = None if mixed else fused_adamw_applies(groups)
         optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps, fused=fused)
         total = max(1, int(self.trainer.estimated_stepping_batches))
