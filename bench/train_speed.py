@@ -52,7 +52,7 @@ def features_of(setting: str) -> set[str]:
         return set()
     features = set(setting.split("+"))
     unknown = features - set(FEATURES)
-    if unknown or not setting:
+    if unknown:
         raise SystemExit(f"--settings: {setting!r} is not `default` or features joined by `+` from {', '.join(FEATURES)}")
     return features
 

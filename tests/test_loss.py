@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mvclip.loss import VideoTextContrastiveLoss, clamp_logit_scale_, gather_features
+from helpers import exit_spawned_worker
 
 WORLD = 2
 LOCAL_B = 4
@@ -158,9 +159,7 @@ def _worker(rank: int, port: int, data_path: str, out_dir: str) -> None:
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
-    # leave without C++ static destructors: torch 2.13's gloo sometimes aborts the exiting process after a clean
-    # destroy_process_group (`terminate called without an active exception`, about 1 run in 4 on one CI machine)
-    os._exit(0)
+    exit_spawned_worker()
 
 
 def _free_port() -> int:

@@ -25,6 +25,7 @@ from mvclip.losses import (
     DistillationLoss, ModelOutputs, SigLIPLoss, TrainingLoss, VideoTextContrastiveLoss, build_loss,
 )
 from test_loss import WORLD, _free_port
+from helpers import exit_spawned_worker
 
 LOCAL_B = 3
 DIM = 8
@@ -229,9 +230,7 @@ def _worker(rank: int, port: int, data_path: str, out_dir: str) -> None:
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
-    # leave without C++ static destructors: torch 2.13's gloo sometimes aborts the exiting process after a clean
-    # destroy_process_group (`terminate called without an active exception`, about 1 run in 4 on one CI machine)
-    os._exit(0)
+    exit_spawned_worker()
 
 
 @pytest.fixture(scope="module")

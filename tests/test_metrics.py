@@ -16,6 +16,7 @@ from mvclip.markdown import print_table
 from mvclip.metrics import RetrievalMetric, rank_stats
 from mvclip.sample_keys import stable_hash
 from mvclip.zeroshot import ZeroShotAccuracy
+from helpers import exit_spawned_worker
 
 KEYS = ("R@1", "R@5", "R@10", "MdR", "MnR")
 
@@ -354,9 +355,7 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
     finally:
         torch.distributed.destroy_process_group()
-    # leave without C++ static destructors: torch 2.13's gloo sometimes aborts the exiting process after a clean
-    # destroy_process_group (`terminate called without an active exception`, about 1 run in 4 on one CI machine)
-    os._exit(0)
+    exit_spawned_worker()
 
 
 def _free_port() -> int:

@@ -53,8 +53,8 @@ def prefix_lr_multipliers(model: torch.nn.Module, lr_mult: dict[str, float]) -> 
 
 def fused_adamw_applies(groups: list[dict[str, Any]]) -> bool | None:
     """True when every parameter is a floating tensor on the CPU or a CUDA device: AdamW's fused kernel then does the
-    same update in one pass over all tensors instead of a dozen ops per tensor (a 5x shorter `optimizer.step()` on the
-    demo's model, bench/train_speed.py). None (PyTorch's choice) elsewhere."""
+    same update in one pass over all tensors instead of a dozen ops per tensor (`optimizer.step()` on the demo's model
+    52 -> 9 ms, docs/training.md). None (PyTorch's choice) elsewhere."""
     params = [p for group in groups for p in group["params"]]
     return True if params and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params) else None
 
@@ -109,8 +109,9 @@ class VideoTextModule(L.LightningModule):
         loss: the training loss, `{class_path: mvclip.losses.DistillationLoss, init_args: {weight: 0.5}}` (default:
             VTC); see docs/losses.md. Its parameters (SigLIP's bias) train with the model, without weight decay.
         channels_last: train with the 2-D conv weights (and so the feature maps) in `torch.channels_last`, the
-            layout GPU and oneDNN kernels prefer (`mvclip.layers.memory_format`). Machine-dependent on CPU: 0.97x on one
-            of the project's 2-core machines, 1.2x on another (`bench/train_speed.py`), so the demo recipe states it.
+            layout GPU and oneDNN kernels prefer (`mvclip.layers.memory_format`). Machine-dependent on CPU: 0.97x on the
+            project's 2-core machine of 2026-11-29, 0.97x-1.34x on that of 2026-11-30 (`bench/train_speed.py`), so
+            the demo recipe states it.
             A state dict does not record the layout.
         checkpointing: video stages (indices into `video.stages`, or `all`) whose block activations are recomputed in
             the backward instead of stored: less memory, about one more forward of those stages (`mvclip.checkpointing`).
