@@ -120,6 +120,32 @@ def test_distillation_weight_zero_is_exactly_vtc_and_teachers_average():
     assert both["kd/a"].item() == pytest.approx(alone["a"].item(), abs=1e-6) and set(both) >= {"kd/a", "kd/b"}
 
 
+def test_distillation_feature_term_matches_hand_computed_3x3():
+    # a teacher of the student's width (D = 2): fd = mean over rows of ((1 - <v, v'>) + (1 - <t, t'>)) / 2
+    teacher_video, teacher_text = [[0.6, 0.8], [1.0, 0.0], [0.0, 1.0]], [[0.8, 0.6], [0.0, 1.0], [0.6, 0.8]]
+    scale, teacher_scale, weight, feature_weight = 2.0, 3.0, 0.25, 4.0
+    fd = sum((1 - _dot(v, tv)) + (1 - _dot(t, tt))
+             for v, tv, t, tt in zip(S_VIDEO, teacher_video, S_TEXT, teacher_text)) / 3 / 2
+    assert fd == pytest.approx((0.4 + 1.0 + 0.2 + 0.0 + 0.0 + 0.4) / 6)  # video rows, then caption rows
+    batch = {"teacher_video": {"same": torch.tensor(teacher_video)}, "teacher_text": {"same": torch.tensor(teacher_text)}}
+    plain = DistillationLoss(weight=weight, teacher_logit_scale=teacher_scale)(_outputs(S_VIDEO, S_TEXT, scale), batch)
+    out = DistillationLoss(weight=weight, feature_weight=feature_weight, teacher_logit_scale=teacher_scale)(
+        _outputs(S_VIDEO, S_TEXT, scale), batch)
+    assert out["fd"].item() == pytest.approx(fd, abs=1e-6) and plain["fd"].item() == pytest.approx(fd, abs=1e-6)
+    assert out["loss"].item() == pytest.approx(plain["loss"].item() + feature_weight * fd, abs=1e-6)
+    assert plain["loss"].item() == pytest.approx((1 - weight) * plain["vtc"].item() + weight * plain["kd"].item(), abs=1e-6)
+    # both weights 0: exactly VTC, the parts still logged
+    zero = DistillationLoss(weight=0.0, feature_weight=0.0)(_outputs(S_VIDEO, S_TEXT, scale), batch)
+    assert torch.equal(zero["loss"], VideoTextContrastiveLoss()(_outputs(S_VIDEO, S_TEXT, scale), batch)["loss"])
+    # a teacher of another width: no fd part while it is not trained on, a one-line error when it is
+    wide = {"teacher_video": {"big": torch.tensor(T_VIDEO)}, "teacher_text": {"big": torch.tensor(T_TEXT)}}
+    assert "fd" not in DistillationLoss(weight=weight)(_outputs(S_VIDEO, S_TEXT, scale), wide)
+    with pytest.raises(ValueError, match=r"feature_weight: teacher 'big' embeds in 3 dimensions and the student in 2"):
+        DistillationLoss(feature_weight=1.0)(_outputs(S_VIDEO, S_TEXT, scale), wide)
+    with pytest.raises(ValueError, match=r"feature_weight: expected a finite number >= 0"):
+        DistillationLoss(feature_weight=-1.0)
+
+
 def test_distillation_without_teachers_names_model_loss():
     outputs, _ = _random_case(1)
     with pytest.raises(ConfigError, match=r"model\.loss.*no teacher embeddings.*python -m mvclip teacher") as info:
@@ -178,7 +204,7 @@ def test_siglip_matches_hand_computed_2x2():
 
 # ----------------------------------------------------------------------------- two processes (gloo)
 
-TEACHERS = {"wide": 12, "narrow": 5}
+TEACHERS = {"wide": 12, "narrow": 5, "same": DIM}  # "same": the student's width, for the feature term
 
 
 def _dist_data() -> dict:
@@ -201,13 +227,15 @@ def _rows(t: torch.Tensor, rank: int | None) -> torch.Tensor:
 def _run_losses(data: dict, rank: int | None) -> dict:
     """Both losses on rank `rank`'s rows (None: one process, every row): loss and gradients."""
     results = {}
-    for name in ("distillation", "siglip", "text_uniformity"):
+    for name in ("distillation", "distillation_feature", "siglip", "text_uniformity"):
         xv, xt = _rows(data["video"], rank).clone().requires_grad_(), _rows(data["text"], rank).clone().requires_grad_()
         proj, log_scale = data["proj"].clone().requires_grad_(), data["log_scale"].clone().requires_grad_()
         outputs = ModelOutputs(F.normalize(xv @ proj, dim=-1), F.normalize(xt @ proj, dim=-1), log_scale.exp())
         batch = {key: {k: _rows(v, rank) for k, v in data[key].items()} for key in ("teacher_video", "teacher_text")}
         batch["teacher_logit_scale"] = {"narrow": torch.full((xv.shape[0],), 50.0)}  # per sample, as collated
-        loss_fn = {"distillation": lambda: DistillationLoss(weight=0.5), "siglip": lambda: SigLIPLoss(bias_init=-2.0),
+        loss_fn = {"distillation": lambda: DistillationLoss(weight=0.5),
+                   "distillation_feature": lambda: DistillationLoss(weight=0.3, feature_weight=2.0, teachers=["same"]),
+                   "siglip": lambda: SigLIPLoss(bias_init=-2.0),
                    "text_uniformity": lambda: VideoTextContrastiveLoss(text_uniformity=0.7)}[name]()
         out = loss_fn(outputs, batch)
         out["loss"].backward()
@@ -243,7 +271,7 @@ def two_rank_losses(tmp_path_factory) -> tuple[dict, list[dict]]:
     return _run_losses(data, None), [torch.load(tmp / f"rank{r}.pt") for r in range(WORLD)]
 
 
-@pytest.mark.parametrize("name", ["distillation", "siglip", "text_uniformity"])
+@pytest.mark.parametrize("name", ["distillation", "distillation_feature", "siglip", "text_uniformity"])
 def test_two_ranks_equal_one_process(two_rank_losses, name):
     ref_all, ranks = two_rank_losses
     ref, res = ref_all[name], [r[name] for r in ranks]

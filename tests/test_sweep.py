@@ -92,9 +92,23 @@ def test_shipped_distill_sweep_builds_its_losses():
     assert "model.loss" not in sweep.variants["vtc"]  # the recipe's own loss: VTC
     losses = {name: build_loss(v["model.loss"]) for name, v in sweep.variants.items() if name != "vtc"}
     assert {name: loss.weight for name, loss in losses.items()} == {
-        "distill": 0.7, "distill_w1": 1.0, "distill_sharp": 0.7, "distill_w03": 0.3}
+        "distill": 0.7, "distill_w1": 1.0, "distill_sharp": 0.7, "distill_w03": 0.3, "feature": 0.0, "distill_feature": 0.3}
+    assert {name: loss.feature_weight for name, loss in losses.items()} == {
+        "distill": 0.0, "distill_w1": 0.0, "distill_sharp": 0.0, "distill_w03": 0.0, "feature": 8.0, "distill_feature": 8.0}
     assert {name: loss.teacher_logit_scale for name, loss in losses.items()} == {
-        "distill": None, "distill_w1": None, "distill_sharp": 50.0, "distill_w03": None}
+        "distill": None, "distill_w1": None, "distill_sharp": 50.0, "distill_w03": None, "feature": None,
+        "distill_feature": None}
+    # the budget its table was measured at, pinned apart from the demo's own schedule
+    assert sweep.overrides["trainer.max_steps"] == 250
+
+
+def test_distilled_recipe_is_the_sweeps_feature_variant():
+    """recipes/distilled.yaml (the overlay docs/distillation.md names) trains what the sweep's `feature` row measured."""
+    overlay = yaml.safe_load((ROOT / "recipes" / "distilled.yaml").read_text())
+    sweep = sw.load_sweep(ABLATIONS / "distill.yaml")
+    assert overlay["model"]["loss"] == sweep.variants["feature"]["model.loss"]
+    assert overlay["data"]["train"] == sweep.overrides["data.train"]
+    assert build_loss(overlay["model"]["loss"]).feature_weight == 8.0
 
 
 def test_defaults_and_overrides_order(tmp_path, minimal):

@@ -12,10 +12,17 @@ data module fills it from the reinforced shards' manifest), else 100 (CLIP's cap
 Then, with ``KL(Q || P)`` summed over a row's columns and averaged over the rows,
 
     kd   = (1 / K) * sum_k ( KL(Q_v2t || P_v2t) + KL(Q_t2v || P_t2v) ) / 2
-    loss = (1 - weight) * vtc + weight * kd
+    fd   = (1 / K) * sum_k mean over rows of ( (1 - <V, V'_k>) + (1 - <T, T'_k>) ) / 2
+    loss = (1 - weight) * vtc + weight * kd + feature_weight * fd
 
 which is MobileCLIP's ``(1 - lambda) L_CLIP + lambda L_Distill`` with the teacher ensemble averaged per
-teacher (its Eq. 1-2). ``weight = 0`` gives exactly the VTC loss (KD is still computed and logged). The KL
+teacher (its Eq. 1-2), plus an optional feature term (CLIP-KD's feature distillation, written as one minus
+the cosine of unit vectors, i.e. half their squared distance): each clip and caption is pulled towards its
+own teacher embedding, a per-sample target that does not depend on which other clips share the batch, where
+the KL's soft targets only rank the few clips of a small batch. It matches the spaces directly, so it needs
+the student's and the teacher's embedding widths to be equal. ``weight = 0`` and ``feature_weight = 0``
+(the default) give exactly the VTC loss (KD, and FD for teachers of the student's width, are still computed
+and logged). The KL
 direction is teacher-to-student: the teacher's distribution is the target. MobileCLIP's released code
 writes the same term as a cross-entropy with the teacher's soft labels; the two differ by the teachers'
 entropy, a constant, so gradients are the same and only the logged value differs.
@@ -61,19 +68,23 @@ class DistillationLoss(TrainingLoss):
 
     Args:
         weight: lambda in [0, 1], the share of the distillation term.
+        feature_weight: the weight (>= 0, default 0) of the feature term ``fd``; it needs teachers whose embedding
+            width equals the student's.
         teacher_logit_scale: the scale (1 / temperature) of every teacher's similarities. None (default): each
             teacher's own, which the batch's ``teacher_logit_scale`` carries from the shards' manifest, and 100 for a
             teacher it gives none for. A number overrides the manifest (e.g. to sharpen the teachers).
         teachers: the teacher names to distil from (default: every teacher in the batch).
         gather_with_grad, local_loss, world_size, rank, group: as for ``VideoTextContrastiveLoss``.
 
-    Returns ``{"loss", "vtc", "kd"}``, plus ``"kd/<teacher>"`` per teacher when there are several.
+    Returns ``{"loss", "vtc", "kd", "fd"}``, plus ``"kd/<teacher>"`` and ``"fd/<teacher>"`` per teacher when there
+    are several.
     """
 
     def __init__(
         self,
         *,
         weight: float = 0.5,
+        feature_weight: float = 0.0,
         teacher_logit_scale: float | None = None,
         teachers: list[str] | None = None,
         local_loss: bool = True,
@@ -85,11 +96,14 @@ class DistillationLoss(TrainingLoss):
         super().__init__()
         if not is_real(weight) or not 0.0 <= weight <= 1.0:
             raise ValueError(f"weight: expected a number in [0, 1] (the distillation share), got {weight!r}")
+        if not is_finite_real(feature_weight) or feature_weight < 0.0:
+            raise ValueError(f"feature_weight: expected a finite number >= 0 (the feature term's weight), got {feature_weight!r}")
         if teacher_logit_scale is not None and (not is_finite_real(teacher_logit_scale) or teacher_logit_scale <= 0):
             raise ValueError(f"teacher_logit_scale: expected a finite number > 0, got {teacher_logit_scale!r}")
         if teachers is not None and (isinstance(teachers, str) or not teachers or not all(isinstance(t, str) for t in teachers)):
             raise ValueError(f"teachers: expected a non-empty list of teacher names, got {teachers!r}")
         self.weight = float(weight)
+        self.feature_weight = float(feature_weight)
         self.teacher_logit_scale = None if teacher_logit_scale is None else float(teacher_logit_scale)
         self.teachers = list(teachers) if teachers is not None else None
         self.vtc = VideoTextContrastiveLoss(local_loss=local_loss, gather_with_grad=gather_with_grad, world_size=world_size,
@@ -145,8 +159,9 @@ class DistillationLoss(TrainingLoss):
         gathered = gather_rows(packed, with_grad=False, world_size=world_size, rank=rank, group=self.vtc.group)
         mine = slice(rank * local, (rank + 1) * local)
         kd_parts: dict[str, Tensor] = {}
+        fd_parts: dict[str, Tensor] = {}
         start = 0
-        for (name, _), width in zip(teachers.items(), widths):
+        for (name, (local_tv, local_tt)), width in zip(teachers.items(), widths):
             all_tv, all_tt = gathered[:, start:start + width], gathered[:, start + width:start + 2 * width]
             start += 2 * width
             rows_tv, rows_tt = (all_tv[mine], all_tt[mine]) if self.vtc.local_loss and world_size > 1 else (all_tv, all_tt)
@@ -156,10 +171,35 @@ class DistillationLoss(TrainingLoss):
                 teacher_t2v = scale * rows_tt @ all_tv.T
             kd_parts[name] = (_kl_rows(teacher_v2t, vtc_out["logits_per_video"])
                               + _kl_rows(teacher_t2v, vtc_out["logits_per_text"])) / 2
+            feature = self._feature_term(outputs, name, local_tv.to(device), local_tt.to(device))
+            if feature is not None:
+                fd_parts[name] = feature
         kd = torch.stack(list(kd_parts.values())).mean()
         vtc = vtc_out["loss"]
         loss = (1.0 - self.weight) * vtc + self.weight * kd
         out = {"loss": loss, "vtc": vtc, "kd": kd}
+        if len(fd_parts) == len(kd_parts):
+            out["fd"] = torch.stack(list(fd_parts.values())).mean()
+            if self.feature_weight:
+                out["loss"] = loss + self.feature_weight * out["fd"]
         if len(kd_parts) > 1:
             out.update({f"kd/{name}": value for name, value in kd_parts.items()})
+            out.update({f"fd/{name}": value for name, value in fd_parts.items()})
         return out
+
+    def _feature_term(self, outputs: ModelOutputs, name: str, teacher_video: Tensor, teacher_text: Tensor) -> Tensor | None:
+        """Mean over this rank's rows of (1 - cos) to the teacher's own embedding of the clip and of the caption
+        (None for a teacher of another width when the term is not trained on).
+
+        Per row, so no gathering: DDP's gradient average over equal per-rank batches equals one process's mean."""
+        width = outputs.video.shape[1]
+        if teacher_video.shape[1] != width:
+            if not self.feature_weight:
+                return None
+            raise ValueError(
+                f"feature_weight: teacher {name!r} embeds in {teacher_video.shape[1]} dimensions and the student in "
+                f"{width}; the feature term matches the two spaces directly, so they must be equal (or set feature_weight: 0)"
+            )
+        video = 1.0 - (outputs.video.float() * teacher_video).sum(dim=1)
+        text = 1.0 - (outputs.text.float() * teacher_text).sum(dim=1)
+        return (video.mean() + text.mean()) / 2
