@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-UTILITIES = {"mvclip.errors", "mvclip.atomic", "mvclip.markdown", "mvclip.distributed", "mvclip.sample_keys", "mvclip.tokenizer", "mvclip.input_spec"}
+UTILITIES = {"mvclip.errors", "mvclip.config_checks", "mvclip.atomic", "mvclip.markdown", "mvclip.distributed", "mvclip.sample_keys", "mvclip.tokenizer", "mvclip.input_spec"}
 
 
 def mvclip_imports(path: Path) -> set[str]:

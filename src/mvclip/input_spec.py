@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from mvclip.config_checks import is_real
 from mvclip.errors import ConfigError
 
 SAMPLING_MODES = ("segments", "fps", "consecutive")
@@ -135,7 +136,7 @@ _DEFAULTS = {f.name: f.default for f in fields(InputSpec)}
 def _plain(value: Any) -> Any:
     """Lists (YAML, JSON) as tuples, so descriptions compare and hash alike whatever they were read from."""
     if isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig":
-        return tuple(float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for v in value)
+        return tuple(float(v) if is_real(v) else v for v in value)
     return value
 
 
