@@ -161,8 +161,9 @@ class DistillationLoss(TrainingLoss):
         kd_parts: dict[str, Tensor] = {}
         fd_parts: dict[str, Tensor] = {}
         start = 0
-        for (name, (local_tv, local_tt)), width in zip(teachers.items(), widths):
-            all_tv, all_tt = gathered[:, start:start + width], gathered[:, start + width:start + 2 * width]
+        for name, width in zip(teachers, widths):
+            video_cols, text_cols = slice(start, start + width), slice(start + width, start + 2 * width)
+            all_tv, all_tt = gathered[:, video_cols], gathered[:, text_cols]
             start += 2 * width
             rows_tv, rows_tt = (all_tv[mine], all_tt[mine]) if self.vtc.local_loss and world_size > 1 else (all_tv, all_tt)
             scale = self._scale_of(batch, name)
@@ -171,7 +172,7 @@ class DistillationLoss(TrainingLoss):
                 teacher_t2v = scale * rows_tt @ all_tv.T
             kd_parts[name] = (_kl_rows(teacher_v2t, vtc_out["logits_per_video"])
                               + _kl_rows(teacher_t2v, vtc_out["logits_per_text"])) / 2
-            feature = self._feature_term(outputs, name, local_tv.to(device), local_tt.to(device))
+            feature = self._feature_term(outputs, name, packed[:, video_cols], packed[:, text_cols])  # this rank's rows
             if feature is not None:
                 fd_parts[name] = feature
         kd = torch.stack(list(kd_parts.values())).mean()
