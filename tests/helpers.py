@@ -1,4 +1,6 @@
-"""Shared by the tests: the repository root, `python -m mvclip` in a subprocess, and the end of a spawned worker."""
+"""Shared by the tests: the repository root, `python -m mvclip` in a subprocess, a bench script as a module, and the
+end of a spawned worker."""
+import importlib.util
 import os
 import subprocess
 import sys
@@ -13,6 +15,19 @@ def cli(*args, cwd=ROOT, check=True, timeout=600):
     if check and result.returncode != 0:
         raise AssertionError(f"mvclip {' '.join(args)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
     return result
+
+
+def load_bench_script(name: str, *, on_path: bool = False):
+    """`bench/<name>.py` imported as the module `bench_<name>` (registered in sys.modules: dataclasses look their
+    module up there); `on_path` also puts bench/ on sys.path for scripts that import their neighbours."""
+    script = ROOT / "bench" / f"{name}.py"
+    if on_path:
+        sys.path.insert(0, str(script.parent))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", script)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def exit_spawned_worker() -> None:

@@ -1,22 +1,14 @@
 """bench/gpu.py: the CPU smoke run measures every part and writes its section; the batch sweep stops at the first
 out-of-memory error."""
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "gpu.py"
+from helpers import load_bench_script
 
 
 def load_script():
-    sys.path.insert(0, str(SCRIPT.parent))
-    spec = importlib.util.spec_from_file_location("bench_gpu", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("gpu", on_path=True)
 
 
 def _number(text: str) -> float:

@@ -1,19 +1,11 @@
 """bench/memory.py: its activation accounting and its goal lines are computed from the measurements."""
-import importlib.util
-import sys
-from pathlib import Path
-
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "memory.py"
+from helpers import load_bench_script
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("bench_memory", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("memory")
 
 
 def test_saved_for_backward_counts_activations_not_weights():

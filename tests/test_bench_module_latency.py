@@ -1,18 +1,11 @@
 """Smoke test of bench/module_latency.py: --quick writes its section with numeric rows to the given file."""
-import importlib.util
 import re
-import sys
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "module_latency.py"
+from helpers import load_bench_script
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("bench_module_latency", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("module_latency")
 
 
 def test_quick_writes_section(tmp_path):

@@ -72,7 +72,8 @@ def fake_metrics(run_dir, t2v_r1, *, kind="last", zeroshot=None, latency=10.0, t
 def test_shipped_sweeps_parse(name):
     sweep = sw.load_sweep(ABLATIONS / f"{name}.yaml")
     assert sweep.name == name and sweep.base == "recipes/small.yaml" and sweep.baseline in sweep.variants
-    assert sweep.overrides["trainer.max_steps"] == sweep.overrides["trainer.val_check_interval"] == 150
+    budget = (400, 200) if name in ("block_design", "block_design_text_frozen") else (150, 150)  # the demo's 400 steps
+    assert (sweep.overrides["trainer.max_steps"], sweep.overrides["trainer.val_check_interval"]) == budget
     inputs = [sweep.overrides["model.input"]] if "model.input" in sweep.overrides else [v["model.input"] for v in sweep.variants.values()]
     assert [i["resolution"] for i in inputs] == [64] * len(inputs) and "data.resolution" not in sweep.overrides
     if name.startswith("block_design"):
@@ -80,6 +81,9 @@ def test_shipped_sweeps_parse(name):
     if name == "block_design_text_frozen":  # the same variants, each aligned to one trained text tower, frozen
         assert sweep.variants == sw.load_sweep(ABLATIONS / "block_design.yaml").variants
         assert sweep.overrides["model.init_parts"] == sweep.overrides["model.freeze"] == ["text"]
+        # the text tower no video tower took part in, where bench/text_tower_from_annotations.py writes it
+        assert sweep.overrides["model.init_from"] == "runs/text_tower_annotations/text.safetensors"
+        assert '"runs/text_tower_annotations/text.safetensors"' in (ROOT / "bench/text_tower_from_annotations.py").read_text()
     if name == "block_design_text_uniformity":  # the same variants, text from scratch, the uniformity term on
         assert sweep.variants == sw.load_sweep(ABLATIONS / "block_design.yaml").variants
         loss = build_loss(sweep.overrides["model.loss"])
@@ -213,7 +217,7 @@ def test_mapping_and_list_overrides_reach_the_recipe_through_the_cli(tmp_path):
     assert config["model"]["freeze"] == ["text"] and config["seed_everything"] == 0
     logger = config["trainer"]["logger"]["init_args"]
     assert (logger["save_dir"], logger["name"], logger["version"]) == (str(tmp_path), "frame_mean", "seed0")
-    assert config["trainer"]["max_steps"] == 150 and config["model"]["input"] == {"resolution": 64}
+    assert config["trainer"]["max_steps"] == 400 and config["model"]["input"] == {"resolution": 64}
 
 
 def test_preflight_catches_a_bad_model_override_before_anything_runs(tmp_path):
