@@ -18,7 +18,7 @@ from .bad_samples import BadSampleCounter, BadSampleLogger
 from .collate import collate_eval, collate_train
 from .decode import default_thread_count
 from .pipeline import SampleDecoder, Shard, ShardDataset, ShardLoader, list_shards
-from .shard_reading import teacher_logit_scales
+from .shard_reading import teacher_embed_dims, teacher_logit_scales
 from .sampling import SAMPLING_MODES
 from .transforms import VideoTransform
 
@@ -306,6 +306,11 @@ class VideoTextDataModule(LightningDataModule):
             pattern = self.paths.get("train")
             self.teacher_scales = teacher_logit_scales(pattern) if pattern else {}
         return self.teacher_scales
+
+    def training_teacher_embed_dims(self) -> dict[str, int]:
+        """{teacher name: embedding width} recorded in the training shards' manifest (read once, at setup)."""
+        pattern = self.paths.get("train")
+        return teacher_embed_dims(pattern) if pattern else {}
 
 
 class _OpaqueLoader:

@@ -117,20 +117,33 @@ def teacher_logit_scales(pattern: str) -> dict[str, float]:
     """{teacher name: its logit scale} from the ``teachers`` of the manifests beside a pattern's shards (written by
     ``python -m mvclip teacher``); empty for shards without teachers or without a manifest. A name two manifests
     give different scales is a ConfigError: one loss cannot take both."""
-    scales: dict[str, float] = {}
+    return {name: float(scale) for name, scale in _teacher_field(
+        pattern, "logit_scale", "a finite number > 0", lambda v: math.isfinite(v) and v > 0).items()}
+
+
+def teacher_embed_dims(pattern: str) -> dict[str, int]:
+    """{teacher name: the width of its embedding space} from the same manifests, as `teacher_logit_scales`."""
+    return {name: int(width) for name, width in _teacher_field(
+        pattern, "embed_dim", "an integer > 0", lambda v: float(v).is_integer() and v > 0).items()}
+
+
+def _teacher_field(pattern: str, field: str, expected: str, valid: Any) -> dict[str, float]:
+    """One number per teacher from the manifests beside a pattern's shards; a bad value, or two manifests that
+    disagree on a teacher, is a ConfigError naming the manifest and the field."""
+    values: dict[str, float] = {}
     for where, manifest in manifests_of(pattern).items():
         teachers = manifest.get("teachers") or {}
         for name, record in teachers.items() if isinstance(teachers, dict) else ():
-            scale = record.get("logit_scale") if isinstance(record, dict) else None
-            if scale is None:
+            value = record.get(field) if isinstance(record, dict) else None
+            if value is None:
                 continue
-            if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
-                raise ConfigError(f"{where}: teachers.{name}.logit_scale: expected a finite number > 0, got {scale!r}")
-            if name in scales and scales[name] != float(scale):
-                raise ConfigError(f"{where}: teacher {name!r} has logit_scale {scale}, another manifest of {pattern!r} "
-                                  f"has {scales[name]}; reinforce all training shards with the same teacher")
-            scales[name] = float(scale)
-    return scales
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not valid(value):
+                raise ConfigError(f"{where}: teachers.{name}.{field}: expected {expected}, got {value!r}")
+            if name in values and values[name] != value:
+                raise ConfigError(f"{where}: teacher {name!r} has {field} {value}, another manifest of {pattern!r} "
+                                  f"has {values[name]}; reinforce all training shards with the same teacher")
+            values[name] = value
+    return values
 
 
 def _expand(pattern: str) -> list[str]:

@@ -212,11 +212,17 @@ class VideoTextModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         """Hand the model's input description to the data module before anything is loaded: a data section that
-        states another frame count, resolution, normalization or sampling is a ConfigError before step 1."""
+        states another frame count, resolution, normalization or sampling is a ConfigError before step 1. So is a
+        distillation feature term whose teachers (the training manifest's `embed_dim`) differ from the student's width."""
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is not None and hasattr(datamodule, "adopt_input"):
             spec = self.model_spec.get("model")
             datamodule.adopt_input(self.model.input_spec, f"model {spec}" if isinstance(spec, str) else "the model")
+        check_widths = getattr(self.loss, "check_teacher_widths", None)
+        projection = getattr(self.model.text, "projection", None)
+        if stage == "fit" and check_widths and hasattr(datamodule, "training_teacher_embed_dims") and projection is not None:
+            check_widths(datamodule.training_teacher_embed_dims(), int(projection.shape[-1]),
+                         f"data.train ({datamodule.paths.get('train')}) with model.loss")
 
     # -- modes ------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> VideoTextModule:

@@ -24,7 +24,7 @@ from mvclip.datamodules.datamodule import VideoTextDataModule
 from mvclip.datamodules.decode import VideoReader
 from mvclip.datamodules.pipeline import SampleDecoder, ShardDataset, iter_tar, list_shards
 from mvclip.datamodules.sampling import sample_indices
-from mvclip.datamodules.shard_reading import teacher_logit_scales
+from mvclip.datamodules.shard_reading import teacher_embed_dims, teacher_logit_scales
 from mvclip.datamodules.shard_writer import ClipSource, write_shards
 from mvclip.datamodules.transforms import VideoTransform, random_resized_crop_box
 from mvclip.datamodules.views import decode_views
@@ -239,6 +239,39 @@ def test_data_module_hands_the_manifests_teacher_scales_to_the_loss(reinforced, 
         (other / "manifest.json").write_text(json.dumps(changed))
         with pytest.raises(ConfigError, match=r"other/manifest.json: teachers.a.logit_scale: expected a finite number > 0"):
             teacher_logit_scales(str(other))
+
+
+def test_a_teacher_of_another_width_for_the_feature_term_is_a_config_error_before_the_first_step(reinforced, tmp_path):
+    """The manifest records each teacher's width; `setup("fit")` compares it with the student's, so a feature term that
+    could not match the two spaces fails before training, naming the teacher (the teachers here: a 32, b 24)."""
+    from types import SimpleNamespace
+
+    from mvclip.lightning_module import VideoTextModule
+
+    out = reinforced["root"] / "out"
+    data = VideoTextDataModule(train=str(out), batch_size=2, num_workers=0)  # the clip format: the model's
+    assert data.training_teacher_embed_dims() == DIMS
+
+    def setup(**init_args) -> None:
+        module = VideoTextModule(model=_model_config(DIMS["a"]),
+                                 loss={"class_path": "mvclip.losses.DistillationLoss", "init_args": init_args})
+        module._trainer = SimpleNamespace(datamodule=data)
+        module.setup("fit")
+
+    with pytest.raises(ConfigError, match=r"data.train \(.*out\) with model.loss: feature_weight: teacher 'b' embeds in 24 "
+                                          r"dimensions and the student in 32"):
+        setup(feature_weight=1.0)
+    setup(feature_weight=1.0, teachers=["a"])  # only the teacher of the student's width is read
+    setup(weight=0.5)  # no feature term: KL works across widths
+    # a width that is no usable number: one line naming the manifest and the key
+    other = tmp_path / "other"
+    shutil.copytree(out, other)
+    changed = json.loads((other / "manifest.json").read_text())
+    for bad in (12.5, 0, "32", True):
+        changed["teachers"]["a"]["embed_dim"] = bad
+        (other / "manifest.json").write_text(json.dumps(changed))
+        with pytest.raises(ConfigError, match=r"other/manifest.json: teachers.a.embed_dim: expected an integer > 0"):
+            teacher_embed_dims(str(other))
 
 
 def test_shards_without_teachers_decode_as_before(reinforced):

@@ -188,6 +188,15 @@ class DistillationLoss(TrainingLoss):
             out.update({f"fd/{name}": value for name, value in fd_parts.items()})
         return out
 
+    def check_teacher_widths(self, widths: Mapping[str, int], student_width: int, where: str) -> None:
+        """Before the first step: the feature term needs every teacher it reads in the student's embedding width
+        (`widths` from the training shards' manifest; teachers it does not list are checked at the first step)."""
+        if not self.feature_weight:
+            return
+        for name, width in widths.items():
+            if (self.teachers is None or name in self.teachers) and width != student_width:
+                raise ConfigError(f"{where}: {_width_mismatch(name, width, student_width)}")
+
     def _feature_term(self, outputs: ModelOutputs, name: str, teacher_video: Tensor, teacher_text: Tensor) -> Tensor | None:
         """Mean over this rank's rows of (1 - cos) to the teacher's own embedding of the clip and of the caption
         (None for a teacher of another width when the term is not trained on).
@@ -197,10 +206,12 @@ class DistillationLoss(TrainingLoss):
         if teacher_video.shape[1] != width:
             if not self.feature_weight:
                 return None
-            raise ValueError(
-                f"feature_weight: teacher {name!r} embeds in {teacher_video.shape[1]} dimensions and the student in "
-                f"{width}; the feature term matches the two spaces directly, so they must be equal (or set feature_weight: 0)"
-            )
+            raise ValueError(_width_mismatch(name, teacher_video.shape[1], width))
         video = 1.0 - (outputs.video.float() * teacher_video).sum(dim=1)
         text = 1.0 - (outputs.text.float() * teacher_text).sum(dim=1)
         return (video.mean() + text.mean()) / 2
+
+
+def _width_mismatch(name: str, teacher_width: int, student_width: int) -> str:
+    return (f"feature_weight: teacher {name!r} embeds in {teacher_width} dimensions and the student in {student_width}; "
+            "the feature term matches the two spaces directly, so they must be equal (or set feature_weight: 0)")
