@@ -232,6 +232,20 @@ def test_preflight_catches_a_bad_model_override_before_anything_runs(tmp_path):
     assert not (tmp_path / "root").exists()
 
 
+def test_preflight_catches_a_missing_init_from_checkpoint_before_anything_runs(tmp_path):
+    """A frozen-text sweep whose text tower was not made yet fails in seconds, naming the file, not once per run."""
+    path = write_sweep(tmp_path, f"""\
+        base: {ROOT / 'recipes' / 'small.yaml'}
+        overrides: {{model.init_from: {tmp_path / 'no_such' / 'text.safetensors'}, model.init_parts: [text]}}
+        variants:
+          plain: {{}}
+    """)
+    sweep = sw.load_sweep(path)
+    with pytest.raises(ConfigError, match=r"variants.plain: model.init_from: checkpoint .*no_such/text.safetensors not found"):
+        sw.preflight(sweep, sw.plan_runs(sweep, tmp_path / "root"), cwd=str(ROOT))
+    assert not (tmp_path / "root").exists()
+
+
 def test_frame_mean_baseline_is_frame_wise_then_the_temporal_mean():
     """The baseline's video embedding ignores frame order (frame-wise + mean); every temporal variant does not."""
     from omegaconf import OmegaConf

@@ -170,8 +170,9 @@ def collect_run(run_dir: Path, variant: str, seed: int, kind: str) -> RunResult:
 
 
 def preflight(sweep: Sweep, runs: Sequence[Run], *, cwd: str | None = None) -> None:
-    """Before any training: parse each variant's command with `--print_config` and plan its model with the
-    `model.overrides` applied, so a typo fails in seconds rather than after the first runs."""
+    """Before any training: parse each variant's command with `--print_config`, check that its `model.init_from`
+    checkpoint exists and plan its model with the `model.overrides` applied, so a typo or a missing first step fails
+    in seconds rather than after the first runs."""
     from omegaconf import OmegaConf
 
     from mvclip.builder import apply_overrides, load_config, plan_model
@@ -193,6 +194,10 @@ def preflight(sweep: Sweep, runs: Sequence[Run], *, cwd: str | None = None) -> N
             continue  # not our LightningModule's layout: the run itself will tell
         if not isinstance(model, dict) or not isinstance(model.get("model"), (str, dict)):
             continue
+        init_from = model.get("init_from")  # a local checkpoint every run of the variant loads: missing, all would fail
+        if isinstance(init_from, str) and not Path(cwd or ".", init_from).expanduser().is_file():
+            raise ConfigError(f"{where}: model.init_from: checkpoint {init_from} not found (the sweep file's header says "
+                              "how it is made)")
         try:
             cfg, base_dir = load_config(model["model"])
             cfg = apply_overrides(OmegaConf.create(OmegaConf.to_container(cfg)), model.get("overrides"))
