@@ -14,7 +14,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from mvclip.errors import ConfigError
 
@@ -127,7 +127,7 @@ def teacher_embed_dims(pattern: str) -> dict[str, int]:
         pattern, "embed_dim", "an integer > 0", lambda v: float(v).is_integer() and v > 0).items()}
 
 
-def _teacher_field(pattern: str, field: str, expected: str, valid: Any) -> dict[str, float]:
+def _teacher_field(pattern: str, field: str, expected: str, valid: Callable[[float], bool]) -> dict[str, float]:
     """One number per teacher from the manifests beside a pattern's shards; a bad value, or two manifests that
     disagree on a teacher, is a ConfigError naming the manifest and the field."""
     values: dict[str, float] = {}

@@ -195,7 +195,7 @@ def preflight(sweep: Sweep, runs: Sequence[Run], *, cwd: str | None = None) -> N
         if not isinstance(model, dict) or not isinstance(model.get("model"), (str, dict)):
             continue
         init_from = model.get("init_from")  # a local checkpoint every run of the variant loads: missing, all would fail
-        if isinstance(init_from, str) and not Path(cwd or ".", init_from).expanduser().is_file():
+        if isinstance(init_from, str) and not (Path(cwd or ".") / Path(init_from).expanduser()).is_file():
             raise ConfigError(f"{where}: model.init_from: checkpoint {init_from} not found (the sweep file's header says "
                               "how it is made)")
         try:
