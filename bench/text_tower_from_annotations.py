@@ -30,6 +30,7 @@ from safetensors.torch import save_file
 
 from mvclip.atomic import atomic_write
 from mvclip.builder import build_model
+from mvclip.errors import ConfigError
 from mvclip.datamodules.synthetic import COLOURS, PAIRS, SHAPES, TEMPLATES, captions_for
 from mvclip.schedule import warmup_cosine
 from mvclip.tokenizer import tokenize
@@ -105,6 +106,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
+    for name in ("steps", "batch"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name}: expected an integer >= 1, got {getattr(args, name)}")
+    if Path(args.out).is_dir():
+        parser.error(f"--out {args.out}: is a folder; expected the path of the .safetensors file to write")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
@@ -114,7 +120,10 @@ def main(argv: list[str] | None = None) -> dict:
     for i, note in enumerate(notes):
         first.setdefault(tuple(sorted(note.items())), i)
     twin_index = [first[tuple(sorted(twin_annotation(n).items()))] for n in notes]
-    model = build_model(args.model)
+    try:
+        model = build_model(args.model)
+    except ConfigError as error:
+        parser.error(f"--model {args.model}: {error}")
     text = model.text
     tokens = tokenize(texts)
     goal = targets(notes, goal_dim(model), args.seed)

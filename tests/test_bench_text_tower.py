@@ -1,4 +1,5 @@
 """bench/text_tower_from_annotations.py: the frozen-text control's captions, targets and training are what it says."""
+import pytest
 import torch
 
 from mvclip.builder import build_model
@@ -65,3 +66,19 @@ def test_training_points_the_tower_at_its_targets_and_loads_as_a_text_part(tmp_p
     report = load_weights(model, out, include=parts_filter(["text"], path="model.init_parts"))
     assert report.loaded and not report.missing and not report.unexpected
     assert all(key.startswith("text.") for key in report.loaded)
+
+
+def test_bad_arguments_are_one_line_errors_and_write_nothing(tmp_path, capsys):
+    bench = load_script()
+    out = tmp_path / "text.safetensors"
+    cases = {("--steps", "0"): "--steps: expected an integer >= 1, got 0",
+             ("--batch", "-3"): "--batch: expected an integer >= 1, got -3",
+             ("--model", str(tmp_path / "missing.yaml")): "model config file not found"}
+    for args, message in cases.items():
+        with pytest.raises(SystemExit):
+            bench.main([*args, "--out", str(out)])
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.main(["--out", str(tmp_path)])
+    assert "is a folder" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
