@@ -189,7 +189,7 @@ class Trainer:
 
 def inference_rate(module: VideoTextModule, batch: int, steps: int, warmup: int, device: torch.device, compile_model: bool) -> float:
     """Clips/s of the fused (reparameterized) video encoder, channels_last, bf16 autocast, inference mode."""
-    fused = to_channels_last(mvclip.fuse(module.model))
+    fused = to_channels_last(mvclip.fuse(module.model), forward_only=True)
     encoder = torch.compile(fused.video, dynamic=False) if compile_model else fused.video
     clip = torch.rand(batch, module.model.input_spec.frames, 3, module.model.input_spec.resolution,
                       module.model.input_spec.resolution, device=device)

