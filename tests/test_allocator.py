@@ -24,6 +24,8 @@ for _ in range(20):
     block = libc.malloc(size)
     ctypes.memset(block, 1, size)
     libc.free(block)
+from mvclip.allocator import freed_memory_kept
+assert freed_memory_kept() is kept, "the recorded state must be what keep_freed_memory() reported"
 print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 

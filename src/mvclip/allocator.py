@@ -20,7 +20,7 @@ import ctypes.util
 import os
 import platform
 
-__all__ = ["ENV_VAR", "keep_freed_memory", "apply_env_choice"]
+__all__ = ["ENV_VAR", "keep_freed_memory", "apply_env_choice", "freed_memory_kept"]
 
 ENV_VAR = "MVCLIP_ALLOCATOR"  # "keep" (default for the CLI) or "system"
 CHOICES = ("keep", "system")
@@ -28,6 +28,7 @@ CHOICES = ("keep", "system")
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _NEVER_TRIM = 2**31 - 1  # the largest value mallopt takes (an int): the heap's top is never given back
+_kept = False
 
 
 def keep_freed_memory() -> bool:
@@ -41,7 +42,14 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM))
+    global _kept
+    _kept = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM))
+    return _kept
+
+
+def freed_memory_kept() -> bool:
+    """Whether `keep_freed_memory()` took effect in this process (what a latency figure was measured under)."""
+    return _kept
 
 
 def apply_env_choice(environ: dict[str, str] | None = None) -> bool:

@@ -1,6 +1,8 @@
-"""What an export costs: parameters, FLOPs of one clip and one caption, CPU latency unfused vs fused."""
+"""What an export costs: parameters, FLOPs of one clip and one caption, CPU latency unfused vs fused (and fused in
+channels_last), with the settings the latency was measured under."""
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -9,7 +11,9 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from mvclip.allocator import freed_memory_kept
 from mvclip.export_verify import unfolded_layers
+from mvclip.layers.memory_format import to_channels_last
 from mvclip.model import VideoTextModel
 from mvclip.summary import count_params
 
@@ -37,7 +41,8 @@ def interleaved_latency_ms(candidates: Mapping[str, Callable[[], Any]], repeats:
 
 
 def measure(model: VideoTextModel, fused: VideoTextModel, video: torch.Tensor, tokens: torch.Tensor | None, repeats: int = 10) -> dict[str, Any]:
-    """Parameters, FLOPs of one clip / one caption (fused), and CPU latency of one clip unfused vs fused.
+    """Parameters, FLOPs of one clip / one caption (fused), and CPU latency of one clip unfused vs fused, and fused in
+    channels_last (what `load_embedder` serves with), interleaved; `latency_setup` records threads, allocator, layout.
 
     Both models must be on the CPU and in eval mode.
     """
@@ -52,13 +57,26 @@ def measure(model: VideoTextModel, fused: VideoTextModel, video: torch.Tensor, t
     flops = {"video_clip": count_flops(lambda: fused.encode_video(clip))}
     if tokens is not None and fused.text is not None:
         flops["text"] = count_flops(lambda: fused.encode_text(tokens[:1]))
+    fused_last = to_channels_last(copy.deepcopy(fused), forward_only=True)
     with torch.no_grad():
-        latency = interleaved_latency_ms({"video_unfused": lambda: model.encode_video(clip), "video_fused": lambda: fused.encode_video(clip)}, repeats)
+        latency = interleaved_latency_ms({
+            "video_unfused": lambda: model.encode_video(clip),
+            "video_fused": lambda: fused.encode_video(clip),
+            "video_fused_channels_last": lambda: fused_last.encode_video(clip),
+        }, repeats)
     latency["fused_speedup"] = latency["video_unfused"] / latency["video_fused"]
     return {
         "params": params,
         "flops": flops,
         "latency_ms": latency,
         "latency_threads": torch.get_num_threads(),
+        "latency_setup": {  # what the figures were measured under, so a deployer can reproduce them
+            "threads": torch.get_num_threads(),
+            "allocator": "freed memory kept (mvclip.allocator)" if freed_memory_kept() else "C library defaults",
+            "compiled": False,
+            "memory_format": {"video_unfused": "contiguous", "video_fused": "contiguous",
+                              "video_fused_channels_last": "channels_last, to_channels_last(model, forward_only=True)"},
+            "torch": torch.__version__,
+        },
         "unfolded": unfolded_layers(fused),
     }
