@@ -79,3 +79,15 @@ def test_forward_only_turns_the_rgb_stem_too_and_keeps_the_values(tiny_model_con
     assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
     assert not any(getattr(m, "_channels_last_boundary", False) for m in fused.modules())
     torch.testing.assert_close(got, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_exported_graphs_leave_the_layout_boundary_out(tiny_model_config):
+    """torch.export traces no layout copy from the boundary: an exported graph picks its own layouts."""
+    module = VideoTextModule(model=tiny_model_config, freeze=[], channels_last=True).eval()
+    rgb_block = module.model.video.stem.blocks[0]
+    x = torch.rand(2, 3, 32, 32)
+    program = torch.export.export(rgb_block, (x,))
+    ops = [str(n.target) for n in program.graph.nodes if n.op == "call_function"]
+    assert not any("clone" in op or "contiguous" in op or "_to_copy" in op for op in ops), ops
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x), rgb_block(x))

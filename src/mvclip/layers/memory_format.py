@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mvclip.layers.temporal_conv import eager
+
 
 MIN_CHANNELS = 8
 
@@ -68,8 +70,8 @@ def channels_last_boundary(module: nn.Module, inputs: tuple, output: torch.Tenso
     Without it the NHWC convs after the stem send an NHWC gradient into the stem's NCHW BatchNorms and convs, which
     then take PyTorch's mixed-layout paths: one BatchNorm backward on the demo's 256 x 32 x 32 x 32 stem map took 34 ms
     (profiled 2026-11-30), and the demo's training step went from 0.69 to 0.56 s with the boundary in place."""
-    if not isinstance(output, torch.Tensor) or output.dim() != 4:
-        return output
+    if not isinstance(output, torch.Tensor) or output.dim() != 4 or not eager():
+        return output  # traced, exported and compiled graphs choose their own layouts
     if torch.is_grad_enabled() and output.requires_grad:
         return _ToChannelsLast.apply(output)
     return output.contiguous(memory_format=torch.channels_last)
