@@ -116,3 +116,23 @@ def test_default_thread_count_divides_cores() -> None:
     assert default_thread_count(1) >= 1
     assert default_thread_count(10_000) == 1
     assert default_thread_count(2) <= max(1, default_thread_count(1) // 2)
+
+
+def test_single_threaded_scaling_gives_the_pixels_of_swscale_s_own_thread_choice(encoded: bytes) -> None:
+    """Frames are scaled on the calling thread (swscale's per-frame thread pool was most of the decode time): the
+    same pixels as PyAV's default `reformat`, at every size and without resizing."""
+    import io
+
+    import av
+
+    def fresh(size):
+        with av.open(io.BytesIO(encoded)) as container:
+            frames = [f for _, f in zip(range(6), container.decode(video=0))]
+        if size is None:
+            return torch.stack([torch.from_numpy(f.to_ndarray(format="rgb24")) for f in frames])
+        return torch.stack([torch.from_numpy(f.reformat(width=size[0], height=size[1], format="rgb24",
+                                                         interpolation="BILINEAR").to_ndarray()) for f in frames])
+
+    for short_side, size in [(32, (48, 32)), (None, None), (40, (60, 40)), (32, (48, 32))]:
+        got = decode_frames(encoded, list(range(6)), short_side=short_side, layout="thwc")
+        assert torch.equal(got, fresh(size)), (short_side, size)
