@@ -5,13 +5,12 @@ import copy
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
 from mvclip.layers.reparam import conv_like, conv_norm, detach_parameters, identity_kernel
 from mvclip.layers.temporal_conv import (
-    channels_last_clip, eager, frames_of_channels_last_clip, is_channels_last, temporal_conv_graph,
+    channels_last_clip, conv_over_frames, eager, frames_of_channels_last_clip, is_channels_last, temporal_conv_graph,
     temporal_depthwise_conv,
 )
 from mvclip.blocks.repmixer import RepMixerBlock
@@ -92,9 +91,7 @@ def _branch_on_view(branch: nn.Module, clip: torch.Tensor) -> torch.Tensor:
     The 5-D view gets the canonical channels_last_3d strides, size-1 axes included: torch 2.13's CPU BatchNorm3d
     backward returns wrong input gradients for a channels_last_3d input whose size-1 axis carries another stride
     (found on 1-frame clips: errors of 5.8 on unit-scale gradients; what `rearrange` gave the Conv3d path here)."""
-    conv = branch.conv
-    out = F.conv2d(clip, conv.weight.squeeze(-1), conv.bias, padding=(conv.padding[0], 0), groups=conv.groups)
-    out = out.contiguous(memory_format=torch.channels_last)
+    out = conv_over_frames(clip, branch.conv.weight, branch.conv.bias).contiguous(memory_format=torch.channels_last)
     batch, channels, frames, pixels = out.shape
     five_d = out.as_strided((batch, channels, frames, pixels, 1),
                             (frames * pixels * channels, 1, pixels * channels, channels, channels))

@@ -65,10 +65,14 @@ def temporal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
 def _channels_last_conv(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None, frames: int) -> torch.Tensor:
     """The temporal conv of a channels_last (B*T, C, H, W) map as a (K x 1) depthwise Conv2d over its free
     (B, C, T, H*W) channels_last view; the result is viewed back the same way (no copies either side)."""
-    kernel = taps.reshape(taps.shape[0], 1, -1, 1)
-    clip = channels_last_clip(x, frames)
-    out = torch.nn.functional.conv2d(clip, kernel, bias, padding=(kernel.shape[2] // 2, 0), groups=kernel.shape[0])
-    return frames_of_channels_last_clip(out, *x.shape[2:])
+    return frames_of_channels_last_clip(conv_over_frames(channels_last_clip(x, frames), taps, bias), *x.shape[2:])
+
+
+def conv_over_frames(clip: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """(B, C, T, P) -> (B, C, T, P): the depthwise temporal conv (zero padding at the clip borders) as a (K x 1)
+    `Conv2d`; `weight` is a depthwise Conv3d kernel (C, 1, K, 1, 1) or any (C, K) reshape of it, K odd."""
+    kernel = weight.reshape(weight.shape[0], 1, -1, 1)
+    return torch.nn.functional.conv2d(clip, kernel, bias, padding=(kernel.shape[2] // 2, 0), groups=kernel.shape[0])
 
 
 def is_channels_last(x: torch.Tensor) -> bool:
@@ -95,7 +99,5 @@ def temporal_conv_graph(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     """(B*T, C, H, W) -> (B*T, C, H, W), the same numbers as `temporal_depthwise_conv`, as one depthwise (K x 1)
     `Conv2d` over (B, C, T, H*W): the form exported graphs keep (any clip length, symbolic ones included)."""
     n, channels, height, width = x.shape
-    taps = weight.reshape(channels, 1, -1, 1)
     clip = x.reshape(n // frames, frames, channels, height * width).permute(0, 2, 1, 3)
-    out = torch.nn.functional.conv2d(clip, taps, bias, padding=(taps.shape[2] // 2, 0), groups=channels)
-    return out.permute(0, 2, 1, 3).reshape(n, channels, height, width)
+    return conv_over_frames(clip, weight, bias).permute(0, 2, 1, 3).reshape(n, channels, height, width)
