@@ -1,7 +1,7 @@
 """`channels_last` training: the same numbers as the default layout, and the RGB stem kept out of it."""
 import torch
 
-from mvclip.layers.memory_format import MIN_CHANNELS, to_channels_last
+from mvclip.layers.memory_format import MIN_CHANNELS, memory_format_of, to_channels_last
 from mvclip.lightning_module import VideoTextModule
 from mvclip.tokenizer import tokenize
 
@@ -78,6 +78,10 @@ def test_forward_only_turns_the_rgb_stem_too_and_keeps_the_values(tiny_model_con
     assert any(c.in_channels < MIN_CHANNELS for c in convs)
     assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
     assert not any(getattr(m, "_channels_last_boundary", False) for m in fused.modules())
+    assert memory_format_of(fused) == "channels_last, RGB stem too"
+    assert memory_format_of(module.model) == "contiguous"  # the model fuse() copied was left as it was
+    trained = VideoTextModule(model=tiny_model_config, freeze=[], channels_last=True).model
+    assert memory_format_of(mvclip.fuse(trained)) == memory_format_of(trained) == "channels_last, RGB stem contiguous"
     torch.testing.assert_close(got, reference, rtol=1e-5, atol=1e-6)
 
 

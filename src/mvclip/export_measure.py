@@ -13,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mvclip.allocator import freed_memory_kept
 from mvclip.export_verify import unfolded_layers
-from mvclip.layers.memory_format import to_channels_last
+from mvclip.layers.memory_format import memory_format_of, to_channels_last
 from mvclip.model import VideoTextModel
 from mvclip.summary import count_params
 
@@ -74,8 +74,8 @@ def measure(model: VideoTextModel, fused: VideoTextModel, video: torch.Tensor, t
             "threads": torch.get_num_threads(),
             "allocator": "freed memory kept (mvclip.allocator)" if freed_memory_kept() else "C library defaults",
             "compiled": False,
-            "memory_format": {"video_unfused": "contiguous", "video_fused": "contiguous",
-                              "video_fused_channels_last": "channels_last, to_channels_last(model, forward_only=True)"},
+            "memory_format": {name: memory_format_of(m) for name, m in
+                              (("video_unfused", model), ("video_fused", fused), ("video_fused_channels_last", fused_last))},
             "torch": torch.__version__,
         },
         "unfolded": unfolded_layers(fused),

@@ -49,7 +49,13 @@ def to_channels_last(model: nn.Module, forward_only: bool = False) -> nn.Module:
             if inner and all(id(c) in kept for c in inner) and not getattr(child, "_channels_last_boundary", False):
                 child.register_forward_hook(channels_last_boundary)
                 child._channels_last_boundary = True
+    model._mvclip_memory_format = "channels_last" + (", RGB stem too" if forward_only else ", RGB stem contiguous")
     return model
+
+
+def memory_format_of(model: nn.Module) -> str:
+    """What `to_channels_last` made of `model` or of a module inside it (copies keep it); "contiguous" if it never ran."""
+    return next((m._mvclip_memory_format for m in model.modules() if hasattr(m, "_mvclip_memory_format")), "contiguous")
 
 
 class _ToChannelsLast(torch.autograd.Function):
