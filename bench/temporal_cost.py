@@ -73,13 +73,16 @@ def extra_attention_flop(shapes: list[tuple[int, ...]], frames: int) -> int:
     return total
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--resolution", type=int, default=256)
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    for name, least in (("repeats", 1), ("threads", 1), ("resolution", 32)):
+        if getattr(args, name) is not None and getattr(args, name) < least:
+            parser.error(f"--{name}: expected an integer >= {least}, got {getattr(args, name)}")
     keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -110,7 +113,7 @@ def main() -> None:
         f"Fused encoders, one clip of {frames}x3x{args.resolution}x{args.resolution}, CPU, eager, `torch.inference_mode`, "
         f"freed memory kept; median of {args.repeats} interleaved runs of every cell after 2 warm-up runs.",
         "",
-        f"- command: `{('python bench/temporal_cost.py ' + ' '.join(sys.argv[1:])).strip()}`",
+        f"- command: `{('python bench/temporal_cost.py ' + ' '.join(sys.argv[1:] if argv is None else argv)).strip()}`",
         f"- machine: {machine()}",
         f"- date: {today()}",
         f"- fp32 matmul peak (2048^3 `torch.mm`, best of the runs before and after): {peak:.1f} GFLOP/s",

@@ -1,4 +1,5 @@
 """bench/temporal_cost.py: its take-outs remove exactly what they name, and its attention floor is the right count."""
+import pytest
 import torch
 from helpers import load_bench_script
 
@@ -29,3 +30,13 @@ def test_take_outs_and_the_joint_attention_floor(tiny_model_config):
     assert bench.extra_attention_flop(shapes, 4) == 4 * 64 * (64**2 - 4 * 16**2)
     # MobileViCLIP-Tiny at 256 px: two blocks over 8 x 8 x 8 tokens of width 512
     assert bench.extra_attention_flop([(8, 512, 8, 8)] * 2, 8) == 2 * 4 * 512 * (512**2 - 8 * 64**2)
+
+
+@pytest.mark.parametrize("args, message", [(["--repeats", "0"], "--repeats: expected an integer >= 1, got 0"),
+                                           (["--resolution", "16"], "--resolution: expected an integer >= 32, got 16"),
+                                           (["--threads", "-1"], "--threads: expected an integer >= 1, got -1")])
+def test_bad_arguments_are_one_line_errors_before_any_model_is_built(args, message, capsys):
+    bench = load_bench_script("temporal_cost", on_path=True)
+    with pytest.raises(SystemExit):
+        bench.main([*args, "--no-write"])
+    assert message in capsys.readouterr().err
