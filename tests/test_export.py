@@ -52,6 +52,9 @@ def test_export_folder_rebuilds_the_fused_model_and_onnx_matches(tmp_path, tiny_
     assert setup["allocator"].startswith("freed memory kept" if freed_memory_kept() else "C library defaults")
     assert setup["memory_format"] == {"video_unfused": "contiguous", "video_fused": "contiguous",
                                       "video_fused_channels_last": "channels_last, RGB stem too"}
+    assert setup["fused_speedup"] == "video_unfused / video_fused"  # a contiguous model: both rows contiguous
+    assert written["latency_ms"]["fused_speedup"] == pytest.approx(
+        written["latency_ms"]["video_unfused"] / written["latency_ms"]["video_fused"])
     names = {c["name"] for c in metrics["checks"]}
     assert {"video", "text", "reloaded/video", "onnx/video", "onnx/text", "onnx/video/batch3"} <= names
     assert all(c["max_abs_diff"] <= MAX_ABS_DIFF for c in metrics["checks"])
@@ -179,3 +182,18 @@ def test_export_command_errors_name_the_file(tmp_path, capsys):
     torch.save({"weights": torch.zeros(1)}, bad)
     assert cli_main(["export", "--ckpt_path", str(bad)]) == 2
     assert "bad.ckpt: not a Lightning checkpoint" in capsys.readouterr().err
+
+
+def test_a_model_trained_in_channels_last_is_timed_against_the_fused_model_in_its_layout(tmp_path, tiny_model_config):
+    """The fused speed-up compares one layout: a channels_last training copy against the fused channels_last row."""
+    from mvclip.layers.memory_format import to_channels_last
+
+    model = to_channels_last(_random_model(tiny_model_config))
+    export_model(model, tiny_model_config, tmp_path / "exp", random_inputs(frames=4, resolution=64, batch=2),
+                 onnx=False, latency_repeats=2)
+    written = json.loads((tmp_path / "exp" / "metrics.json").read_text())
+    setup, latency = written["latency_setup"], written["latency_ms"]
+    assert setup["memory_format"]["video_unfused"] == "channels_last, RGB stem contiguous"
+    assert setup["memory_format"]["video_fused"] == "contiguous"  # the folder rebuilds a plain model
+    assert setup["fused_speedup"] == "video_unfused / video_fused_channels_last"
+    assert latency["fused_speedup"] == pytest.approx(latency["video_unfused"] / latency["video_fused_channels_last"])
